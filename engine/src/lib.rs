@@ -1,0 +1,29 @@
+//! # veil-engine: the inference core of Veil
+//!
+//! Design overview:
+//! - [`config`], [`weights`], [`tokenizer`]: read a Hugging Face model directory (config,
+//!   memory-mapped safetensors, tokenizer and chat template). [`gguf`] imports GGUF files into
+//!   such a directory; [`store`] keeps a cache of models and pulls the default one;
+//!   [`digest`] names a model by the SHA-256 of its files.
+//! - [`backend`]: the [`backend::Backend`] trait runs a forward pass for a batch of sequence
+//!   chunks against a paged KV cache; [`backend::cpu`] implements it on
+//!   [`veil_kernels`]. [`kv_cache`] keeps the block tables, the same for every backend.
+//! - [`sampling`] picks tokens; [`output`] turns them into text with stop conditions;
+//!   [`generate`] drives one request end to end.
+//! - [`model`] ties these together into a [`model::LoadedModel`].
+
+pub mod backend;
+pub mod config;
+pub mod digest;
+pub mod error;
+pub mod generate;
+pub mod gguf;
+pub mod kv_cache;
+pub mod model;
+pub mod output;
+pub mod sampling;
+pub mod store;
+pub mod tokenizer;
+pub mod weights;
+
+pub use error::{Error, Result};

@@ -1,0 +1,129 @@
+//! `veil model pull | import | list`, and resolving `--model` arguments.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use veil_engine::gguf::{ImportDtype, import_gguf};
+use veil_engine::store::{DEFAULT_MODEL, ModelStore, PullEvent};
+
+/// The `--model` option shared by commands that run a model.
+#[derive(Debug, Args)]
+pub(crate) struct ModelArg {
+    /// A cached model name, or a Hugging Face model directory.
+    #[arg(long, short, default_value = DEFAULT_MODEL, env = "VEIL_MODEL")]
+    pub(crate) model: String,
+}
+
+/// Model management commands.
+#[derive(Debug, Subcommand)]
+pub(crate) enum ModelCommand {
+    /// Fetch a known model into the cache ($VEIL_HOME, default ~/.cache/veil).
+    Pull {
+        /// Model name.
+        #[arg(default_value = DEFAULT_MODEL)]
+        name: String,
+    },
+    /// Convert a GGUF file into a Hugging Face model directory.
+    Import {
+        /// The GGUF file.
+        gguf: PathBuf,
+        /// The directory to create.
+        dir: PathBuf,
+        /// Precision of the written safetensors.
+        #[arg(long, default_value = "bf16", value_parser = ["bf16", "f32"])]
+        dtype: String,
+    },
+    /// List cached models with their digests.
+    List,
+}
+
+fn bar(len: u64, what: &str) -> ProgressBar {
+    let pb = ProgressBar::new(len);
+    pb.set_style(
+        ProgressStyle::with_template("{msg:>12} [{bar:40}] {bytes}/{total_bytes} ({eta})")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    pb.set_message(what.to_owned());
+    pb
+}
+
+/// Pulls a model with progress bars on stderr.
+pub(crate) fn pull(store: &ModelStore, name: &str) -> anyhow::Result<PathBuf> {
+    let mut current: Option<ProgressBar> = None;
+    let path = store.pull(name, &mut |ev| match ev {
+        PullEvent::Stage(s) => {
+            if let Some(pb) = current.take() {
+                pb.finish_and_clear();
+            }
+            eprintln!("{s}");
+        }
+        PullEvent::Progress { stage, done, total } => {
+            let pb = current.get_or_insert_with(|| bar(total, stage));
+            if pb.length() != Some(total) || pb.message() != stage {
+                pb.finish_and_clear();
+                *pb = bar(total, stage);
+            }
+            pb.set_position(done);
+        }
+    })?;
+    if let Some(pb) = current.take() {
+        pb.finish_and_clear();
+    }
+    Ok(path)
+}
+
+/// Turns `--model` into a directory: an existing directory as is, else a cached model, pulling
+/// a known model on first use.
+pub(crate) fn resolve_model(arg: &str) -> anyhow::Result<PathBuf> {
+    let p = Path::new(arg);
+    if p.is_dir() {
+        return Ok(p.to_owned());
+    }
+    let store = ModelStore::open_default()?;
+    match store.resolve(arg) {
+        Ok(dir) => Ok(dir),
+        Err(_) if store.is_known(arg) => {
+            eprintln!("model {arg} is not in the cache yet; pulling it");
+            pull(&store, arg)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+pub(crate) fn run(cmd: ModelCommand) -> anyhow::Result<()> {
+    match cmd {
+        ModelCommand::Pull { name } => {
+            let store = ModelStore::open_default()?;
+            let path = pull(&store, &name)?;
+            println!("{}", path.display());
+            Ok(())
+        }
+        ModelCommand::Import { gguf, dir, dtype } => {
+            let dtype = if dtype == "f32" { ImportDtype::F32 } else { ImportDtype::Bf16 };
+            let size = std::fs::metadata(&gguf).with_context(|| format!("reading {}", gguf.display()))?.len();
+            let pb = bar(size, "importing");
+            import_gguf(&gguf, &dir, dtype, &mut |done, total| {
+                pb.set_length(total);
+                pb.set_position(done);
+            })?;
+            pb.finish_and_clear();
+            let digest = veil_engine::digest::model_digest(&dir)?;
+            println!("{} {digest}", dir.display());
+            Ok(())
+        }
+        ModelCommand::List => {
+            let store = ModelStore::open_default()?;
+            let models = store.list()?;
+            if models.is_empty() {
+                eprintln!("no models in {}; run `veil model pull`", store.root().display());
+            }
+            for m in models {
+                println!("{:<28} {} {:>8.1} MB  {}", m.name, m.digest, m.size_bytes as f64 / 1e6, m.path.display());
+            }
+            Ok(())
+        }
+    }
+}
