@@ -177,14 +177,14 @@ impl ModelConfig {
         if raw.hidden_size > 1 << 16 || raw.intermediate_size > 1 << 18 || raw.num_hidden_layers > 1024 || raw.vocab_size > 1 << 22 {
             return bad("dimensions are implausibly large".into());
         }
-        if num_kv_heads == 0 || raw.num_attention_heads % num_kv_heads != 0 {
+        if num_kv_heads == 0 || !raw.num_attention_heads.is_multiple_of(num_kv_heads) {
             return bad(format!(
                 "num_attention_heads ({}) must be a multiple of num_key_value_heads ({num_kv_heads})",
                 raw.num_attention_heads
             ));
         }
         let head_dim = raw.head_dim.unwrap_or(raw.hidden_size / raw.num_attention_heads);
-        if head_dim == 0 || head_dim % 2 != 0 || head_dim > 256 {
+        if head_dim == 0 || !head_dim.is_multiple_of(2) || head_dim > 256 {
             return bad(format!("head_dim {head_dim} must be even and at most 256"));
         }
         let rope_scaling = match &raw.rope_scaling {

@@ -54,20 +54,33 @@ fn bar(len: u64, what: &str) -> ProgressBar {
 pub(crate) fn pull(store: &ModelStore, name: &str) -> anyhow::Result<PathBuf> {
     let mut current: Option<ProgressBar> = None;
     let path = store.pull(name, &mut |ev| match ev {
-        PullEvent::Stage(s) => {
+        PullEvent::AlreadyPresent { path } => eprintln!("{name} is already in the cache: {}", path.display()),
+        PullEvent::StageStarted { stage, total } => {
+            let pb = match total {
+                Some(t) => bar(t, stage.label()),
+                None => {
+                    let pb = ProgressBar::new_spinner();
+                    pb.set_message(stage.label());
+                    pb.enable_steady_tick(std::time::Duration::from_millis(120));
+                    pb
+                }
+            };
+            if let Some(old) = current.replace(pb) {
+                old.finish_and_clear();
+            }
+        }
+        PullEvent::Progress { done, .. } => {
+            if let Some(pb) = &current {
+                pb.set_position(done);
+            }
+        }
+        PullEvent::StageFinished { stage } => {
             if let Some(pb) = current.take() {
                 pb.finish_and_clear();
             }
-            eprintln!("{s}");
+            eprintln!("{}: done", stage.label());
         }
-        PullEvent::Progress { stage, done, total } => {
-            let pb = current.get_or_insert_with(|| bar(total, stage));
-            if pb.length() != Some(total) || pb.message() != stage {
-                pb.finish_and_clear();
-                *pb = bar(total, stage);
-            }
-            pb.set_position(done);
-        }
+        PullEvent::Done { digest, .. } => eprintln!("{name}: digest {digest}"),
     })?;
     if let Some(pb) = current.take() {
         pb.finish_and_clear();
