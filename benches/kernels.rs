@@ -28,8 +28,12 @@ const N_KV: usize = 3;
 const HEAD_DIM: usize = 64;
 
 /// (name, rows N, cols K) of the matrices of one layer.
-const LAYER_SHAPES: [(&str, usize, usize); 4] =
-    [("qkv", 960, HIDDEN), ("o", HIDDEN, HIDDEN), ("gate_up", 2 * MLP, HIDDEN), ("down", HIDDEN, MLP)];
+const LAYER_SHAPES: [(&str, usize, usize); 4] = [
+    ("qkv", 960, HIDDEN),
+    ("o", HIDDEN, HIDDEN),
+    ("gate_up", 2 * MLP, HIDDEN),
+    ("down", HIDDEN, MLP),
+];
 
 /// Deterministic values in [-0.05, 0.05).
 fn fill(n: usize, seed: u64) -> Vec<f32> {
@@ -84,14 +88,28 @@ impl Model {
     fn new(dtype: WeightDtype) -> Model {
         let layers = (0..LAYERS)
             .map(|l| {
-                LAYER_SHAPES.iter().enumerate().map(|(i, &(_, n, k))| packed(n, k, dtype, (l * 8 + i) as u64)).collect()
+                LAYER_SHAPES
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &(_, n, k))| packed(n, k, dtype, (l * 8 + i) as u64))
+                    .collect()
             })
             .collect();
-        Model { layers, lm_head: packed(VOCAB, HIDDEN, dtype, 7777), x: fill(MLP, 5), y: vec![0.0; VOCAB] }
+        Model {
+            layers,
+            lm_head: packed(VOCAB, HIDDEN, dtype, 7777),
+            x: fill(MLP, 5),
+            y: vec![0.0; VOCAB],
+        }
     }
 
     fn bytes(&self) -> usize {
-        self.layers.iter().flatten().map(PackedMatrix::size_bytes).sum::<usize>() + self.lm_head.size_bytes()
+        self.layers
+            .iter()
+            .flatten()
+            .map(PackedMatrix::size_bytes)
+            .sum::<usize>()
+            + self.lm_head.size_bytes()
     }
 
     fn token(&mut self, pool: &ThreadPool) {
@@ -122,9 +140,13 @@ fn bench_gemv_full_model(c: &mut Criterion, pools: &[&ThreadPool]) {
     let mut model = Model::new(WeightDtype::Bf16);
     let bytes = model.bytes();
     let mut g = c.benchmark_group("gemv_full_model");
-    g.throughput(Throughput::Bytes(bytes as u64)).sample_size(20).measurement_time(Duration::from_secs(4));
+    g.throughput(Throughput::Bytes(bytes as u64))
+        .sample_size(20)
+        .measurement_time(Duration::from_secs(4));
     for pool in pools {
-        g.bench_function(format!("bf16/threads={}", pool.n_threads()), |b| b.iter(|| model.token(pool)));
+        g.bench_function(format!("bf16/threads={}", pool.n_threads()), |b| {
+            b.iter(|| model.token(pool))
+        });
     }
     g.finish();
     for pool in pools {
@@ -166,14 +188,26 @@ fn bench_attention(c: &mut Criterion, pool: &ThreadPool) {
     let elems = n_blocks * N_KV * bs * HEAD_DIM;
     let (k, v) = (fill(elems, 11), fill(elems, 12));
     // Interleave the sequences' blocks so they are not contiguous in memory.
-    let tables: Vec<Vec<u32>> =
-        (0..n_seqs).map(|s| (0..blocks_per_seq).map(|b| (b * n_seqs + s) as u32).collect()).collect();
+    let tables: Vec<Vec<u32>> = (0..n_seqs)
+        .map(|s| (0..blocks_per_seq).map(|b| (b * n_seqs + s) as u32).collect())
+        .collect();
     let seqs: Vec<AttnSeq<'_>> = tables
         .iter()
         .enumerate()
-        .map(|(s, t)| AttnSeq { q_offset: s, n_tokens: 1, start_pos: ctx - 1, block_table: t })
+        .map(|(s, t)| AttnSeq {
+            q_offset: s,
+            n_tokens: 1,
+            start_pos: ctx - 1,
+            block_table: t,
+        })
         .collect();
-    let view = KvLayerView { k: &k, v: &v, block_size: bs, n_kv_heads: N_KV, head_dim: HEAD_DIM };
+    let view = KvLayerView {
+        k: &k,
+        v: &v,
+        block_size: bs,
+        n_kv_heads: N_KV,
+        head_dim: HEAD_DIM,
+    };
     let q = fill(n_seqs * N_HEADS * HEAD_DIM, 13);
     let mut out = vec![0.0f32; q.len()];
     let mut g = c.benchmark_group("attention");
@@ -185,9 +219,13 @@ fn bench_attention(c: &mut Criterion, pool: &ThreadPool) {
 }
 
 fn bench_pool(c: &mut Criterion, pool: &ThreadPool) {
-    c.bench_function("pool/empty_run", |b| b.iter(|| pool.run(|i, n| {
-        black_box((i, n));
-    })));
+    c.bench_function("pool/empty_run", |b| {
+        b.iter(|| {
+            pool.run(|i, n| {
+                black_box((i, n));
+            })
+        })
+    });
 }
 
 fn benches(c: &mut Criterion) {

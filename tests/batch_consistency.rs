@@ -16,17 +16,31 @@ fn alone(backend: &mut dyn Backend, prompt: &[u32]) -> Vec<Vec<f32>> {
     let table: Vec<u32> = (0..blocks as u32).collect();
     let mut logits = Vec::new();
     backend
-        .forward(&[SeqChunk { tokens: prompt, start_pos: 0, block_table: &table, want_logits: true }], &mut logits)
+        .forward(
+            &[SeqChunk {
+                tokens: prompt,
+                start_pos: 0,
+                block_table: &table,
+                want_logits: true,
+            }],
+            &mut logits,
+        )
         .expect("prefill");
     let mut out = vec![logits.clone()];
-    let mut pos = prompt.len();
-    for _ in 1..STEPS {
+    for pos in prompt.len()..prompt.len() + STEPS - 1 {
         let tok = [argmax(&logits)];
         backend
-            .forward(&[SeqChunk { tokens: &tok, start_pos: pos, block_table: &table, want_logits: true }], &mut logits)
+            .forward(
+                &[SeqChunk {
+                    tokens: &tok,
+                    start_pos: pos,
+                    block_table: &table,
+                    want_logits: true,
+                }],
+                &mut logits,
+            )
             .expect("decode");
         out.push(logits.clone());
-        pos += 1;
     }
     out
 }
@@ -37,7 +51,10 @@ fn batched_steps_equal_solo_runs() {
     let cases = common::cases();
     let (a, b, c) = (&cases[0].input_ids, &cases[1].input_ids, &cases[2].input_ids);
     let vocab = model.config.vocab_size;
-    let solo: Vec<Vec<Vec<f32>>> = [a, b, c].iter().map(|p| alone(model.backend.as_mut(), p)).collect();
+    let solo: Vec<Vec<Vec<f32>>> = [a, b, c]
+        .iter()
+        .map(|p| alone(model.backend.as_mut(), p))
+        .collect();
 
     // Interleaved, shuffled block tables in one shared pool.
     model.backend.init_kv_cache(32, 16).expect("kv");
@@ -69,7 +86,12 @@ fn batched_steps_equal_solo_runs() {
                 continue;
             }
             let want = pos[s] + tokens[s].len() >= prompts[s].len();
-            batch.push(SeqChunk { tokens: &tokens[s], start_pos: pos[s], block_table: &tables[s], want_logits: want });
+            batch.push(SeqChunk {
+                tokens: &tokens[s],
+                start_pos: pos[s],
+                block_table: &tables[s],
+                want_logits: want,
+            });
             if want {
                 owners.push(s);
             }
@@ -77,7 +99,10 @@ fn batched_steps_equal_solo_runs() {
         if batch.is_empty() {
             break;
         }
-        model.backend.forward(&batch, &mut logits).expect("batched forward");
+        model
+            .backend
+            .forward(&batch, &mut logits)
+            .expect("batched forward");
         for s in 0..3 {
             pos[s] += tokens[s].len();
         }

@@ -26,19 +26,38 @@ fn f32_matches_reference() {
         let mut logits = Vec::new();
         model
             .backend
-            .forward(&[SeqChunk { tokens: &ids, start_pos: 0, block_table: &table, want_logits: true }], &mut logits)
+            .forward(
+                &[SeqChunk {
+                    tokens: &ids,
+                    start_pos: 0,
+                    block_table: &table,
+                    want_logits: true,
+                }],
+                &mut logits,
+            )
             .expect("forward");
         let reference = common::reference_logits(&case);
         assert_eq!(logits.len(), reference.len());
-        let max_diff = logits.iter().zip(&reference).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+        let max_diff = logits
+            .iter()
+            .zip(&reference)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
         eprintln!("{:?}: max |logit diff| = {max_diff:.2e}", case.prompt);
-        assert!(max_diff <= F32_LOGIT_TOLERANCE, "{:?}: max |logit diff| {max_diff}", case.prompt);
+        assert!(
+            max_diff <= F32_LOGIT_TOLERANCE,
+            "{:?}: max |logit diff| {max_diff}",
+            case.prompt
+        );
 
         // Greedy continuation.
         let req = GenerateRequest {
             prompt: ids,
             sampling: SamplingParams::default(),
-            stop: StopConditions { max_tokens: case.greedy_new_ids.len(), ..Default::default() },
+            stop: StopConditions {
+                max_tokens: case.greedy_new_ids.len(),
+                ..Default::default()
+            },
             top_logprobs: 0,
         };
         let mut got = Vec::new();

@@ -12,7 +12,12 @@ fn tokenizer_matches_reference_cases() {
     assert!(!cases.is_empty());
     for c in cases {
         let text = c["text"].as_str().expect("text");
-        let want: Vec<u32> = c["ids"].as_array().expect("ids").iter().map(|v| v.as_u64().expect("id") as u32).collect();
+        let want: Vec<u32> = c["ids"]
+            .as_array()
+            .expect("ids")
+            .iter()
+            .map(|v| v.as_u64().expect("id") as u32)
+            .collect();
         assert_eq!(tok.encode(text).expect("encode"), want, "{text:?}");
         // Decoding gives the text back.
         assert_eq!(tok.decode(&want).expect("decode"), text);
@@ -36,7 +41,11 @@ fn chat_template_reproduces_reference_prompts() {
 #[test]
 fn incremental_detokenizer_never_splits_characters() {
     let tok = Tokenizer::from_dir(&common::model_dir()).expect("tokenizer");
-    for text in ["naïve café — déjà vu", "日本語のテキスト 🔐🔑 emoji", "plain ascii"] {
+    for text in [
+        "naïve café — déjà vu",
+        "日本語のテキスト 🔐🔑 emoji",
+        "plain ascii",
+    ] {
         let ids = tok.encode(text).expect("encode");
         let mut d = veil_engine::tokenizer::IncrementalDetokenizer::new();
         let mut out = String::new();

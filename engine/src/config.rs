@@ -127,7 +127,11 @@ fn default_theta() -> f32 {
 /// Reads token ids given as a number or a list of numbers.
 pub(crate) fn token_ids(value: Option<&serde_json::Value>) -> Vec<u32> {
     match value {
-        Some(serde_json::Value::Number(n)) => n.as_u64().and_then(|v| u32::try_from(v).ok()).into_iter().collect(),
+        Some(serde_json::Value::Number(n)) => n
+            .as_u64()
+            .and_then(|v| u32::try_from(v).ok())
+            .into_iter()
+            .collect(),
         Some(serde_json::Value::Array(items)) => items
             .iter()
             .filter_map(|v| v.as_u64().and_then(|v| u32::try_from(v).ok()))
@@ -146,7 +150,8 @@ impl ModelConfig {
 
     /// Parses and validates the text of a `config.json`.
     pub fn from_json(text: &str) -> Result<Self> {
-        let raw: RawConfig = serde_json::from_str(text).map_err(|e| Error::format("config.json", e.to_string()))?;
+        let raw: RawConfig =
+            serde_json::from_str(text).map_err(|e| Error::format("config.json", e.to_string()))?;
         let arch_name = raw
             .architectures
             .first()
@@ -160,21 +165,38 @@ impl ModelConfig {
             other => {
                 return Err(Error::Unsupported {
                     what: "architecture",
-                    name: if other.is_empty() { "(none given)".into() } else { other.into() },
+                    name: if other.is_empty() {
+                        "(none given)".into()
+                    } else {
+                        other.into()
+                    },
                 });
             }
         };
         if let Some(act) = raw.hidden_act.as_deref()
             && act != "silu"
         {
-            return Err(Error::Unsupported { what: "activation", name: act.into() });
+            return Err(Error::Unsupported {
+                what: "activation",
+                name: act.into(),
+            });
         }
         let num_kv_heads = raw.num_key_value_heads.unwrap_or(raw.num_attention_heads);
         let bad = |reason: String| Err(Error::format("config.json", reason));
-        if raw.hidden_size == 0 || raw.num_attention_heads == 0 || raw.num_hidden_layers == 0 || raw.vocab_size == 0 {
-            return bad("hidden_size, num_attention_heads, num_hidden_layers and vocab_size must be positive".into());
+        if raw.hidden_size == 0
+            || raw.num_attention_heads == 0
+            || raw.num_hidden_layers == 0
+            || raw.vocab_size == 0
+        {
+            return bad(
+                "hidden_size, num_attention_heads, num_hidden_layers and vocab_size must be positive".into(),
+            );
         }
-        if raw.hidden_size > 1 << 16 || raw.intermediate_size > 1 << 18 || raw.num_hidden_layers > 1024 || raw.vocab_size > 1 << 22 {
+        if raw.hidden_size > 1 << 16
+            || raw.intermediate_size > 1 << 18
+            || raw.num_hidden_layers > 1024
+            || raw.vocab_size > 1 << 22
+        {
             return bad("dimensions are implausibly large".into());
         }
         if num_kv_heads == 0 || !raw.num_attention_heads.is_multiple_of(num_kv_heads) {
@@ -228,7 +250,9 @@ impl ModelConfig {
             .collect();
         match &self.rope_scaling {
             None => base.iter().map(|&f| f as f32).collect(),
-            Some(RopeScaling::Linear { factor }) => base.iter().map(|&f| (f / *factor as f64) as f32).collect(),
+            Some(RopeScaling::Linear { factor }) => {
+                base.iter().map(|&f| (f / *factor as f64) as f32).collect()
+            }
             Some(RopeScaling::Llama3 {
                 factor,
                 low_freq_factor,
@@ -273,30 +297,53 @@ fn parse_rope_scaling(v: &serde_json::Value) -> Result<Option<RopeScaling>> {
         v.get(key)
             .and_then(|x| x.as_f64())
             .map(|x| x as f32)
-            .ok_or_else(|| Error::format("config.json", format!("rope_scaling.{key} missing or not a number")))
+            .ok_or_else(|| {
+                Error::format(
+                    "config.json",
+                    format!("rope_scaling.{key} missing or not a number"),
+                )
+            })
     };
     match kind {
         "default" => Ok(None),
-        "linear" => Ok(Some(RopeScaling::Linear { factor: num("factor")? })),
+        "linear" => Ok(Some(RopeScaling::Linear {
+            factor: num("factor")?,
+        })),
         "llama3" => {
             let original = v
                 .get("original_max_position_embeddings")
                 .and_then(|x| x.as_u64())
-                .ok_or_else(|| Error::format("config.json", "rope_scaling.original_max_position_embeddings missing"))?;
+                .ok_or_else(|| {
+                    Error::format(
+                        "config.json",
+                        "rope_scaling.original_max_position_embeddings missing",
+                    )
+                })?;
             let s = RopeScaling::Llama3 {
                 factor: num("factor")?,
                 low_freq_factor: num("low_freq_factor")?,
                 high_freq_factor: num("high_freq_factor")?,
                 original_max_position_embeddings: original as usize,
             };
-            if let RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, .. } = &s
+            if let RopeScaling::Llama3 {
+                factor,
+                low_freq_factor,
+                high_freq_factor,
+                ..
+            } = &s
                 && (*factor <= 0.0 || *low_freq_factor <= 0.0 || high_freq_factor <= low_freq_factor)
             {
-                return Err(Error::format("config.json", "rope_scaling llama3 factors are inconsistent"));
+                return Err(Error::format(
+                    "config.json",
+                    "rope_scaling llama3 factors are inconsistent",
+                ));
             }
             Ok(Some(s))
         }
-        other => Err(Error::Unsupported { what: "rope_scaling type", name: other.into() }),
+        other => Err(Error::Unsupported {
+            what: "rope_scaling type",
+            name: other.into(),
+        }),
     }
 }
 

@@ -83,7 +83,12 @@ pub fn generate(
     table.reserve(&mut alloc, total)?;
 
     let mut stop = req.stop.clone();
-    for &id in model.tokenizer.eos_token_ids().iter().chain(&model.config.eos_token_ids) {
+    for &id in model
+        .tokenizer
+        .eos_token_ids()
+        .iter()
+        .chain(&model.config.eos_token_ids)
+    {
         if !stop.stop_token_ids.contains(&id) {
             stop.stop_token_ids.push(id);
         }
@@ -112,7 +117,12 @@ pub fn generate(
         let s = sampler.sample(&mut logits, req.top_logprobs);
         let delta = out.push(&model.tokenizer, s.id)?;
         prefill_time.get_or_insert_with(|| start.elapsed());
-        let event = TokenEvent { id: s.id, text: delta.text, logprob: s.logprob, top_logprobs: s.top_logprobs };
+        let event = TokenEvent {
+            id: s.id,
+            text: delta.text,
+            logprob: s.logprob,
+            top_logprobs: s.top_logprobs,
+        };
         if !on_token(&event) {
             break FinishReason::Cancelled;
         }
@@ -122,12 +132,22 @@ pub fn generate(
         if pos >= total {
             let rest = out.finish(&model.tokenizer)?;
             if !rest.is_empty() {
-                on_token(&TokenEvent { id: s.id, text: rest, logprob: 0.0, top_logprobs: Vec::new() });
+                on_token(&TokenEvent {
+                    id: s.id,
+                    text: rest,
+                    logprob: 0.0,
+                    top_logprobs: Vec::new(),
+                });
             }
             break FinishReason::Length;
         }
         token[0] = s.id;
-        let chunk = SeqChunk { tokens: &token, start_pos: pos, block_table: table.blocks(), want_logits: true };
+        let chunk = SeqChunk {
+            tokens: &token,
+            start_pos: pos,
+            block_table: table.blocks(),
+            want_logits: true,
+        };
         model.backend.forward(&[chunk], &mut logits)?;
         pos += 1;
     };

@@ -18,7 +18,11 @@ impl BlockAllocator {
     pub fn new(num_blocks: usize, block_size: usize) -> Self {
         // Hand out low block ids first (pop takes from the end).
         let free = (0..num_blocks as u32).rev().collect();
-        Self { block_size, num_blocks, free }
+        Self {
+            block_size,
+            num_blocks,
+            free,
+        }
     }
 
     /// Positions per block.

@@ -21,7 +21,10 @@ pub struct LoadOptions {
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        Self { dtype: DType::Bf16, threads: veil_kernels::pool::ThreadPool::default_threads() }
+        Self {
+            dtype: DType::Bf16,
+            threads: veil_kernels::pool::ThreadPool::default_threads(),
+        }
     }
 }
 

@@ -61,7 +61,14 @@ impl OutputStream {
     /// A stream with the given stop conditions.
     pub fn new(stop: StopConditions) -> Self {
         let max_stop_len = stop.stop_strings.iter().map(String::len).max().unwrap_or(0);
-        Self { stop, detok: IncrementalDetokenizer::new(), text: String::new(), emitted: 0, generated: 0, max_stop_len }
+        Self {
+            stop,
+            detok: IncrementalDetokenizer::new(),
+            text: String::new(),
+            emitted: 0,
+            generated: 0,
+            max_stop_len,
+        }
     }
 
     /// Tokens generated so far.
@@ -79,7 +86,10 @@ impl OutputStream {
         self.generated += 1;
         if self.stop.stop_token_ids.contains(&id) {
             let text = self.finish(tok)?;
-            return Ok(OutputDelta { text, finished: Some(FinishReason::Stop) });
+            return Ok(OutputDelta {
+                text,
+                finished: Some(FinishReason::Stop),
+            });
         }
         let piece = self.detok.push(tok, id)?;
         self.text.push_str(&piece);
@@ -87,11 +97,17 @@ impl OutputStream {
             self.text.truncate(cut);
             let text = self.text[self.emitted..].to_owned();
             self.emitted = self.text.len();
-            return Ok(OutputDelta { text, finished: Some(FinishReason::Stop) });
+            return Ok(OutputDelta {
+                text,
+                finished: Some(FinishReason::Stop),
+            });
         }
         if self.generated >= self.stop.max_tokens {
             let text = self.finish(tok)?;
-            return Ok(OutputDelta { text, finished: Some(FinishReason::Length) });
+            return Ok(OutputDelta {
+                text,
+                finished: Some(FinishReason::Length),
+            });
         }
         let safe = self.text.len() - self.held_back();
         let text = self.text[self.emitted..safe].to_owned();

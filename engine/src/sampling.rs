@@ -51,10 +51,16 @@ impl SamplingParams {
         if !(0.0..=1.0).contains(&self.min_p) {
             return bad("min_p must be in [0, 1]");
         }
-        if !(self.repetition_penalty.is_finite() && self.repetition_penalty > 0.0 && self.repetition_penalty <= 10.0) {
+        if !(self.repetition_penalty.is_finite()
+            && self.repetition_penalty > 0.0
+            && self.repetition_penalty <= 10.0)
+        {
             return bad("repetition_penalty must be in (0, 10]");
         }
-        for (name, v) in [("presence_penalty", self.presence_penalty), ("frequency_penalty", self.frequency_penalty)] {
+        for (name, v) in [
+            ("presence_penalty", self.presence_penalty),
+            ("frequency_penalty", self.frequency_penalty),
+        ] {
             if !v.is_finite() || !(-2.0..=2.0).contains(&v) {
                 return Err(Error::InvalidRequest(format!("{name} must be in [-2, 2]")));
             }
@@ -151,8 +157,18 @@ impl Sampler {
     /// A sampler for one request whose prompt is `prompt`.
     pub fn new(params: SamplingParams, prompt: &[u32]) -> Self {
         let rng = params.seed.map(Rng::new).unwrap_or_else(Rng::from_entropy);
-        let seen = if params.repetition_penalty != 1.0 { prompt.iter().copied().collect() } else { Default::default() };
-        Self { params, rng, output_counts: Default::default(), seen, candidates: Vec::new() }
+        let seen = if params.repetition_penalty != 1.0 {
+            prompt.iter().copied().collect()
+        } else {
+            Default::default()
+        };
+        Self {
+            params,
+            rng,
+            output_counts: Default::default(),
+            seen,
+            candidates: Vec::new(),
+        }
     }
 
     /// The parameters.
@@ -174,12 +190,22 @@ impl Sampler {
             self.sample_stochastic(logits)
         };
         let top = if top_logprobs > 0 {
-            top_n(logits, top_logprobs).into_iter().map(|(id, l)| TokenLogprob { id, logprob: l - log_z }).collect()
+            top_n(logits, top_logprobs)
+                .into_iter()
+                .map(|(id, l)| TokenLogprob {
+                    id,
+                    logprob: l - log_z,
+                })
+                .collect()
         } else {
             Vec::new()
         };
         self.record(id);
-        Sampled { id, logprob: logits[id as usize] - log_z, top_logprobs: top }
+        Sampled {
+            id,
+            logprob: logits[id as usize] - log_z,
+            top_logprobs: top,
+        }
     }
 
     fn record(&mut self, id: u32) {
@@ -194,7 +220,11 @@ impl Sampler {
         if p.repetition_penalty != 1.0 {
             for &id in &self.seen {
                 if let Some(l) = logits.get_mut(id as usize) {
-                    *l = if *l > 0.0 { *l / p.repetition_penalty } else { *l * p.repetition_penalty };
+                    *l = if *l > 0.0 {
+                        *l / p.repetition_penalty
+                    } else {
+                        *l * p.repetition_penalty
+                    };
                 }
             }
         }
@@ -219,23 +249,35 @@ impl Sampler {
         let mut window = if p.top_p < 1.0 { limit.min(64) } else { limit };
         loop {
             self.candidates.clear();
-            self.candidates.extend(logits.iter().enumerate().map(|(i, &l)| (i as u32, l)));
+            self.candidates
+                .extend(logits.iter().enumerate().map(|(i, &l)| (i as u32, l)));
             if window < n {
-                self.candidates.select_nth_unstable_by(window - 1, |a, b| b.1.total_cmp(&a.1));
+                self.candidates
+                    .select_nth_unstable_by(window - 1, |a, b| b.1.total_cmp(&a.1));
                 self.candidates.truncate(window);
             }
-            self.candidates.sort_unstable_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+            self.candidates
+                .sort_unstable_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
             if window >= limit || p.top_p >= 1.0 {
                 break;
             }
-            let mass: f64 = self.candidates.iter().map(|&(_, l)| (((l - max) * inv_t) as f64).exp()).sum::<f64>() / total;
+            let mass: f64 = self
+                .candidates
+                .iter()
+                .map(|&(_, l)| (((l - max) * inv_t) as f64).exp())
+                .sum::<f64>()
+                / total;
             if mass >= p.top_p as f64 {
                 break;
             }
             window = (window * 4).min(limit);
         }
         // Probabilities relative to the full distribution (top-p is measured against it).
-        let mut probs: Vec<f64> = self.candidates.iter().map(|&(_, l)| (((l - max) * inv_t) as f64).exp() / total).collect();
+        let mut probs: Vec<f64> = self
+            .candidates
+            .iter()
+            .map(|&(_, l)| (((l - max) * inv_t) as f64).exp() / total)
+            .collect();
         if p.top_k > 0 {
             // After top-k, top-p applies to the renormalised top-k distribution (HF order).
             let s: f64 = probs.iter().sum();
@@ -308,14 +350,21 @@ mod tests {
         let mut s = Sampler::new(SamplingParams::default(), &[]);
         let out = s.sample(&mut logits(), 3);
         assert_eq!(out.id, 1);
-        assert_eq!(out.top_logprobs.iter().map(|t| t.id).collect::<Vec<_>>(), vec![1, 4, 2]);
+        assert_eq!(
+            out.top_logprobs.iter().map(|t| t.id).collect::<Vec<_>>(),
+            vec![1, 4, 2]
+        );
         let z: f32 = logits().iter().map(|l| l.exp()).sum::<f32>().ln();
         assert!((out.logprob - (3.0 - z)).abs() < 1e-5);
     }
 
     #[test]
     fn same_seed_same_tokens() {
-        let params = SamplingParams { temperature: 1.0, seed: Some(7), ..Default::default() };
+        let params = SamplingParams {
+            temperature: 1.0,
+            seed: Some(7),
+            ..Default::default()
+        };
         let run = || {
             let mut s = Sampler::new(params.clone(), &[]);
             (0..50).map(|_| s.sample(&mut logits(), 0).id).collect::<Vec<_>>()
@@ -327,9 +376,24 @@ mod tests {
     #[test]
     fn top_k_and_top_p_and_min_p_restrict() {
         for params in [
-            SamplingParams { temperature: 1.0, top_k: 2, seed: Some(1), ..Default::default() },
-            SamplingParams { temperature: 1.0, top_p: 0.6, seed: Some(1), ..Default::default() },
-            SamplingParams { temperature: 1.0, min_p: 0.5, seed: Some(1), ..Default::default() },
+            SamplingParams {
+                temperature: 1.0,
+                top_k: 2,
+                seed: Some(1),
+                ..Default::default()
+            },
+            SamplingParams {
+                temperature: 1.0,
+                top_p: 0.6,
+                seed: Some(1),
+                ..Default::default()
+            },
+            SamplingParams {
+                temperature: 1.0,
+                min_p: 0.5,
+                seed: Some(1),
+                ..Default::default()
+            },
         ] {
             let mut s = Sampler::new(params.clone(), &[]);
             for _ in 0..200 {
@@ -341,7 +405,14 @@ mod tests {
 
     #[test]
     fn sampling_follows_the_distribution() {
-        let mut s = Sampler::new(SamplingParams { temperature: 1.0, seed: Some(3), ..Default::default() }, &[]);
+        let mut s = Sampler::new(
+            SamplingParams {
+                temperature: 1.0,
+                seed: Some(3),
+                ..Default::default()
+            },
+            &[],
+        );
         let l = [0.0f32, (3.0f32).ln()];
         let ones = (0..4000).filter(|_| s.sample(&mut l.clone(), 0).id == 1).count();
         assert!((2800..3200).contains(&ones), "{ones}");
@@ -349,7 +420,12 @@ mod tests {
 
     #[test]
     fn penalties_change_logits() {
-        let params = SamplingParams { repetition_penalty: 2.0, presence_penalty: 0.5, frequency_penalty: 0.25, ..Default::default() };
+        let params = SamplingParams {
+            repetition_penalty: 2.0,
+            presence_penalty: 0.5,
+            frequency_penalty: 0.25,
+            ..Default::default()
+        };
         let mut s = Sampler::new(params, &[0, 5]);
         let mut l = logits();
         assert_eq!(s.sample(&mut l, 0).id, 1);
@@ -363,9 +439,30 @@ mod tests {
 
     #[test]
     fn validation_rejects_out_of_range() {
-        assert!(SamplingParams { temperature: -1.0, ..Default::default() }.validate().is_err());
-        assert!(SamplingParams { top_p: 0.0, ..Default::default() }.validate().is_err());
-        assert!(SamplingParams { temperature: f32::NAN, ..Default::default() }.validate().is_err());
+        assert!(
+            SamplingParams {
+                temperature: -1.0,
+                ..Default::default()
+            }
+            .validate()
+            .is_err()
+        );
+        assert!(
+            SamplingParams {
+                top_p: 0.0,
+                ..Default::default()
+            }
+            .validate()
+            .is_err()
+        );
+        assert!(
+            SamplingParams {
+                temperature: f32::NAN,
+                ..Default::default()
+            }
+            .validate()
+            .is_err()
+        );
         assert!(SamplingParams::default().validate().is_ok());
     }
 }

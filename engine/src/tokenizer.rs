@@ -18,7 +18,10 @@ pub struct ChatMessage {
 impl ChatMessage {
     /// A message with the given role.
     pub fn new(role: impl Into<String>, content: impl Into<String>) -> Self {
-        Self { role: role.into(), content: content.into() }
+        Self {
+            role: role.into(),
+            content: content.into(),
+        }
     }
 }
 
@@ -65,7 +68,9 @@ impl Tokenizer {
                     .map_err(|e| Error::io("reading chat template", &template_file, e))?,
             )
         } else {
-            cfg.get("chat_template").and_then(|t| t.as_str()).map(str::to_owned)
+            cfg.get("chat_template")
+                .and_then(|t| t.as_str())
+                .map(str::to_owned)
         };
         let bos_token = special_token_text(cfg.get("bos_token"));
         let eos_token = special_token_text(cfg.get("eos_token"));
@@ -76,18 +81,29 @@ impl Tokenizer {
         {
             eos_token_ids.push(id);
         }
-        Ok(Self { inner, chat_template, bos_token, eos_token, eos_token_ids })
+        Ok(Self {
+            inner,
+            chat_template,
+            bos_token,
+            eos_token,
+            eos_token_ids,
+        })
     }
 
     /// Token ids of `text`, with no special tokens added (special-token text is recognised).
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
-        let enc = self.inner.encode(text, false).map_err(|e| Error::Tokenizer(e.to_string()))?;
+        let enc = self
+            .inner
+            .encode(text, false)
+            .map_err(|e| Error::Tokenizer(e.to_string()))?;
         Ok(enc.get_ids().to_vec())
     }
 
     /// Text of `ids`, special tokens included (so an end-of-turn marker stays visible).
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
-        self.inner.decode(ids, false).map_err(|e| Error::Tokenizer(e.to_string()))
+        self.inner
+            .decode(ids, false)
+            .map_err(|e| Error::Tokenizer(e.to_string()))
     }
 
     /// Vocabulary size including added tokens.
@@ -114,12 +130,17 @@ impl Tokenizer {
         let mut env = minijinja::Environment::new();
         minijinja_contrib::add_to_environment(&mut env);
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
-        env.add_function("raise_exception", |msg: String| -> std::result::Result<String, minijinja::Error> {
-            Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, msg))
-        });
+        env.add_function(
+            "raise_exception",
+            |msg: String| -> std::result::Result<String, minijinja::Error> {
+                Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, msg))
+            },
+        );
         env.add_template("chat", template)
             .map_err(|e| Error::ChatTemplate(e.to_string()))?;
-        let tmpl = env.get_template("chat").map_err(|e| Error::ChatTemplate(e.to_string()))?;
+        let tmpl = env
+            .get_template("chat")
+            .map_err(|e| Error::ChatTemplate(e.to_string()))?;
         tmpl.render(minijinja::context! {
             messages => messages,
             add_generation_prompt => true,

@@ -51,7 +51,10 @@ pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
             .ok_or_else(|| Error::format("safetensors index", "weight_map value is not a string"))?;
         // Shard names come from the file; refuse anything that leaves the directory.
         if name.contains('/') || name.contains('\\') || name.starts_with('.') {
-            return Err(Error::format("safetensors index", format!("bad shard name {name:?}")));
+            return Err(Error::format(
+                "safetensors index",
+                format!("bad shard name {name:?}"),
+            ));
         }
         if !files.iter().any(|f| f == name) {
             files.push(name.to_owned());
@@ -81,8 +84,14 @@ impl Weights {
         let mut tensors = HashMap::new();
         for (i, map) in maps.iter().enumerate() {
             for (name, entry) in parse_header(map)? {
-                if tensors.insert(name.clone(), TensorEntry { file: i, ..entry }).is_some() {
-                    return Err(Error::format("safetensors", format!("tensor {name} appears twice")));
+                if tensors
+                    .insert(name.clone(), TensorEntry { file: i, ..entry })
+                    .is_some()
+                {
+                    return Err(Error::format(
+                        "safetensors",
+                        format!("tensor {name} appears twice"),
+                    ));
                 }
             }
         }
@@ -160,7 +169,10 @@ fn parse_header(buf: &[u8]) -> Result<Vec<(String, TensorEntry)>> {
         let (start, end) = info.data_offsets;
         let range = base.checked_add(start).zip(base.checked_add(end));
         let Some((start, end)) = range.filter(|(s, e)| s <= e && *e <= buf.len()) else {
-            return Err(Error::format("safetensors", format!("tensor {name}: data outside the file")));
+            return Err(Error::format(
+                "safetensors",
+                format!("tensor {name}: data outside the file"),
+            ));
         };
         let elems = info
             .shape
@@ -203,12 +215,21 @@ mod tests {
 
     #[test]
     fn reads_valid_tensor() {
-        let data: Vec<u8> = [1.0f32, 2.0, 3.0, 4.0].iter().flat_map(|f| f.to_le_bytes()).collect();
-        let buf = file_with(r#"{"w":{"dtype":"F32","shape":[2,2],"data_offsets":[0,16]}}"#, &data);
+        let data: Vec<u8> = [1.0f32, 2.0, 3.0, 4.0]
+            .iter()
+            .flat_map(|f| f.to_le_bytes())
+            .collect();
+        let buf = file_with(
+            r#"{"w":{"dtype":"F32","shape":[2,2],"data_offsets":[0,16]}}"#,
+            &data,
+        );
         let entries = parse_header(&buf).expect("valid");
         assert_eq!(entries.len(), 1);
         let e = &entries[0].1;
-        assert_eq!(to_f32(&buf[e.range.clone()], e.dtype), Some(vec![1.0, 2.0, 3.0, 4.0]));
+        assert_eq!(
+            to_f32(&buf[e.range.clone()], e.dtype),
+            Some(vec![1.0, 2.0, 3.0, 4.0])
+        );
     }
 
     #[test]
@@ -219,18 +240,36 @@ mod tests {
             vec![1, 2, 3],
             (u64::MAX).to_le_bytes().to_vec(),
             file_with("not json", &data),
-            file_with(r#"{"w":{"dtype":"F32","shape":[2,2],"data_offsets":[0,32]}}"#, &data),
-            file_with(r#"{"w":{"dtype":"F32","shape":[3,2],"data_offsets":[0,16]}}"#, &data),
-            file_with(r#"{"w":{"dtype":"F32","shape":[4611686018427387904,4],"data_offsets":[0,16]}}"#, &data),
-            file_with(r#"{"w":{"dtype":"F32","shape":[2,2],"data_offsets":[16,0]}}"#, &data),
+            file_with(
+                r#"{"w":{"dtype":"F32","shape":[2,2],"data_offsets":[0,32]}}"#,
+                &data,
+            ),
+            file_with(
+                r#"{"w":{"dtype":"F32","shape":[3,2],"data_offsets":[0,16]}}"#,
+                &data,
+            ),
+            file_with(
+                r#"{"w":{"dtype":"F32","shape":[4611686018427387904,4],"data_offsets":[0,16]}}"#,
+                &data,
+            ),
+            file_with(
+                r#"{"w":{"dtype":"F32","shape":[2,2],"data_offsets":[16,0]}}"#,
+                &data,
+            ),
         ];
         for (i, c) in cases.iter().enumerate() {
             assert!(parse_header(c).is_err(), "case {i} accepted");
         }
         // Truncating a valid file anywhere is an error, never a panic.
-        let valid = file_with(r#"{"w":{"dtype":"F32","shape":[2,2],"data_offsets":[0,16]}}"#, &data);
+        let valid = file_with(
+            r#"{"w":{"dtype":"F32","shape":[2,2],"data_offsets":[0,16]}}"#,
+            &data,
+        );
         for cut in 0..valid.len() {
-            assert!(parse_header(&valid[..cut]).is_err(), "truncated at {cut} accepted");
+            assert!(
+                parse_header(&valid[..cut]).is_err(),
+                "truncated at {cut} accepted"
+            );
         }
     }
 

@@ -123,7 +123,11 @@ pub(crate) fn paged_attention_with_isa(
     scale: f32,
     out: &mut [f32],
 ) {
-    assert!(isa.is_available(), "paged_attention: ISA {} not available", isa.name());
+    assert!(
+        isa.is_available(),
+        "paged_attention: ISA {} not available",
+        isa.name()
+    );
     let ctx = validate(isa, q, n_heads, seqs, kv, scale, out);
     let total: u64 = seqs.iter().map(seq_cost).sum::<u64>() * kv.n_kv_heads as u64;
     if total == 0 {
@@ -147,7 +151,10 @@ fn validate<'a>(
     out: &mut [f32],
 ) -> Ctx<'a> {
     let hd = kv.head_dim;
-    assert!(hd > 0 && hd <= MAX_HEAD_DIM, "paged_attention: head_dim {hd} not in 1..={MAX_HEAD_DIM}");
+    assert!(
+        hd > 0 && hd <= MAX_HEAD_DIM,
+        "paged_attention: head_dim {hd} not in 1..={MAX_HEAD_DIM}"
+    );
     assert!(kv.block_size > 0, "paged_attention: block_size is 0");
     assert!(
         kv.n_kv_heads > 0 && n_heads > 0 && n_heads.is_multiple_of(kv.n_kv_heads),
@@ -159,13 +166,25 @@ fn validate<'a>(
     let row = n_heads * hd;
     let mut next_row = 0;
     for s in seqs.iter().filter(|s| s.n_tokens > 0) {
-        assert!(s.q_offset >= next_row, "paged_attention: sequences overlap or are out of order");
+        assert!(
+            s.q_offset >= next_row,
+            "paged_attention: sequences overlap or are out of order"
+        );
         next_row = s.q_offset + s.n_tokens;
-        assert!(next_row * row <= q.len().min(out.len()), "paged_attention: sequence rows exceed q/out");
+        assert!(
+            next_row * row <= q.len().min(out.len()),
+            "paged_attention: sequence rows exceed q/out"
+        );
         let used = (s.start_pos + s.n_tokens).div_ceil(kv.block_size);
-        assert!(used <= s.block_table.len(), "paged_attention: block table too short");
+        assert!(
+            used <= s.block_table.len(),
+            "paged_attention: block table too short"
+        );
         for &b in &s.block_table[..used] {
-            assert!((b as usize) < n_blocks, "paged_attention: block {b} outside the cache ({n_blocks} blocks)");
+            assert!(
+                (b as usize) < n_blocks,
+                "paged_attention: block {b} outside the cache ({n_blocks} blocks)"
+            );
         }
     }
     Ctx {

@@ -50,7 +50,10 @@ impl Isa {
 
     /// The best ISA that is available and not above `limit`.
     fn best_up_to(limit: Isa) -> Isa {
-        Isa::available().filter(|&isa| isa <= limit).last().unwrap_or(Isa::Scalar)
+        Isa::available()
+            .filter(|&isa| isa <= limit)
+            .last()
+            .unwrap_or(Isa::Scalar)
     }
 }
 

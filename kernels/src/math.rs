@@ -70,7 +70,11 @@ mod tests {
     use super::*;
 
     fn rel_err(a: f32, b: f32) -> f32 {
-        if a == b { 0.0 } else { (a - b).abs() / b.abs().max(f32::MIN_POSITIVE) }
+        if a == b {
+            0.0
+        } else {
+            (a - b).abs() / b.abs().max(f32::MIN_POSITIVE)
+        }
     }
 
     #[test]
@@ -78,7 +82,11 @@ mod tests {
         let mut x = -87.0f32;
         while x < 88.0 {
             let want = (x as f64).exp() as f32;
-            assert!(rel_err(exp_approx(x), want) < 3e-7, "x {x}: {} vs {want}", exp_approx(x));
+            assert!(
+                rel_err(exp_approx(x), want) < 3e-7,
+                "x {x}: {} vs {want}",
+                exp_approx(x)
+            );
             x += 0.0137;
         }
         assert_eq!(exp_approx(0.0), 1.0);

@@ -62,7 +62,10 @@ fn sum_squares(x: &[f32]) -> f32 {
 
 #[inline(always)]
 fn rms_norm_body(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
-    assert!(weight.len() == x.len() && out.len() == x.len(), "rms_norm: length mismatch");
+    assert!(
+        weight.len() == x.len() && out.len() == x.len(),
+        "rms_norm: length mismatch"
+    );
     if x.is_empty() {
         return;
     }
@@ -83,7 +86,10 @@ multiversion! {
 
 #[inline(always)]
 fn silu_mul_body(gate: &[f32], up: &[f32], out: &mut [f32]) {
-    assert!(up.len() == gate.len() && out.len() == gate.len(), "silu_mul: length mismatch");
+    assert!(
+        up.len() == gate.len() && out.len() == gate.len(),
+        "silu_mul: length mismatch"
+    );
     for ((o, &g), &u) in out.iter_mut().zip(gate).zip(up) {
         *o = g / (1.0 + exp_approx(-g)) * u;
     }
@@ -162,7 +168,10 @@ pub struct RopeTable {
 
 impl std::fmt::Debug for RopeTable {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RopeTable").field("head_dim", &self.head_dim).field("max_pos", &self.max_pos).finish()
+        f.debug_struct("RopeTable")
+            .field("head_dim", &self.head_dim)
+            .field("max_pos", &self.max_pos)
+            .finish()
     }
 }
 
@@ -175,9 +184,16 @@ impl RopeTable {
     /// # Panics
     /// If `head_dim` is odd or `inv_freq.len() != head_dim / 2`.
     pub fn new(head_dim: usize, max_pos: usize, inv_freq: &[f32]) -> RopeTable {
-        assert!(head_dim.is_multiple_of(2), "RopeTable: head_dim {head_dim} must be even");
+        assert!(
+            head_dim.is_multiple_of(2),
+            "RopeTable: head_dim {head_dim} must be even"
+        );
         let half = head_dim / 2;
-        assert_eq!(inv_freq.len(), half, "RopeTable: inv_freq must have head_dim / 2 entries");
+        assert_eq!(
+            inv_freq.len(),
+            half,
+            "RopeTable: inv_freq must have head_dim / 2 entries"
+        );
         let mut cos = Vec::with_capacity(max_pos * half);
         let mut sin = Vec::with_capacity(max_pos * half);
         for pos in 0..max_pos {
@@ -187,7 +203,12 @@ impl RopeTable {
                 sin.push(angle.sin() as f32);
             }
         }
-        RopeTable { head_dim, max_pos, cos, sin }
+        RopeTable {
+            head_dim,
+            max_pos,
+            cos,
+            sin,
+        }
     }
 
     /// Head dimension the table was built for.
@@ -206,7 +227,11 @@ impl RopeTable {
     /// # Panics
     /// If `pos >= max_pos` or `x` is shorter than `n_heads × head_dim`.
     pub fn apply(&self, x: &mut [f32], n_heads: usize, pos: usize) {
-        assert!(pos < self.max_pos, "RopeTable: position {pos} >= max_pos {}", self.max_pos);
+        assert!(
+            pos < self.max_pos,
+            "RopeTable: position {pos} >= max_pos {}",
+            self.max_pos
+        );
         let half = self.head_dim / 2;
         let cos = &self.cos[pos * half..(pos + 1) * half];
         let sin = &self.sin[pos * half..(pos + 1) * half];
@@ -240,7 +265,9 @@ mod tests {
     use super::*;
 
     fn vals(n: usize, seed: u32) -> Vec<f32> {
-        (0..n).map(|i| ((i as u32).wrapping_mul(2_654_435_761).wrapping_add(seed) % 2001) as f32 / 250.0 - 4.0).collect()
+        (0..n)
+            .map(|i| ((i as u32).wrapping_mul(2_654_435_761).wrapping_add(seed) % 2001) as f32 / 250.0 - 4.0)
+            .collect()
     }
 
     fn close(a: f32, b: f32, tol: f32) -> bool {
@@ -316,7 +343,9 @@ mod tests {
     #[test]
     fn rope_matches_naive_rotate_half() {
         let (hd, nh, max_pos) = (64usize, 3usize, 50usize);
-        let inv: Vec<f32> = (0..hd / 2).map(|j| 1.0 / 10000f32.powf(2.0 * j as f32 / hd as f32)).collect();
+        let inv: Vec<f32> = (0..hd / 2)
+            .map(|j| 1.0 / 10000f32.powf(2.0 * j as f32 / hd as f32))
+            .collect();
         let table = RopeTable::new(hd, max_pos, &inv);
         assert_eq!((table.head_dim(), table.max_pos()), (hd, max_pos));
         for pos in [0usize, 1, 17, 49] {
@@ -329,7 +358,11 @@ mod tests {
                     // HF: q * cos + rotate_half(q) * sin, cos/sin = cat(freqs, freqs).
                     let j = i % (hd / 2);
                     let ang = f64::from(pos as f32 * inv[j]);
-                    let rot = if i < hd / 2 { -f64::from(q[i + hd / 2]) } else { f64::from(q[i - hd / 2]) };
+                    let rot = if i < hd / 2 {
+                        -f64::from(q[i + hd / 2])
+                    } else {
+                        f64::from(q[i - hd / 2])
+                    };
                     let want = (f64::from(q[i]) * ang.cos() + rot * ang.sin()) as f32;
                     assert!(close(got[h * hd + i], want, 1e-6), "pos {pos} h {h} i {i}");
                 }

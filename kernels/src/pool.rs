@@ -94,7 +94,10 @@ impl Shared {
             run_in_job(|| f(i, n));
         }));
         if let Err(payload) = result {
-            self.panic.lock().unwrap_or_else(PoisonError::into_inner).get_or_insert(payload);
+            self.panic
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .get_or_insert(payload);
         }
         if self.done.0.fetch_add(1, Ordering::AcqRel) + 1 == n
             && let Some(c) = caller
@@ -115,7 +118,9 @@ pub struct ThreadPool {
 
 impl std::fmt::Debug for ThreadPool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ThreadPool").field("n_threads", &self.n_threads).finish()
+        f.debug_struct("ThreadPool")
+            .field("n_threads", &self.n_threads)
+            .finish()
     }
 }
 
@@ -127,7 +132,12 @@ impl ThreadPool {
         let shared = Arc::new(Shared {
             epoch: CacheLine(AtomicUsize::new(0)),
             done: CacheLine(AtomicUsize::new(0)),
-            job: Mutex::new(JobState { job: None, n: 0, next: 0, caller: None }),
+            job: Mutex::new(JobState {
+                job: None,
+                n: 0,
+                next: 0,
+                caller: None,
+            }),
             panic: Mutex::new(None),
             shutdown: AtomicBool::new(false),
         });
@@ -135,14 +145,20 @@ impl ThreadPool {
         let mut helpers = Vec::with_capacity(wanted - 1);
         for index in 1..wanted {
             let sh = Arc::clone(&shared);
-            let spawned =
-                thread::Builder::new().name(format!("veil-worker-{index}")).spawn(move || helper_main(&sh));
+            let spawned = thread::Builder::new()
+                .name(format!("veil-worker-{index}"))
+                .spawn(move || helper_main(&sh));
             match spawned {
                 Ok(handle) => helpers.push(handle),
                 Err(_) => break,
             }
         }
-        ThreadPool { n_threads: helpers.len() + 1, shared, helpers, lock: Mutex::new(()) }
+        ThreadPool {
+            n_threads: helpers.len() + 1,
+            shared,
+            helpers,
+            lock: Mutex::new(()),
+        }
     }
 
     /// The default thread count: `VEIL_THREADS` if set to a positive integer, otherwise
@@ -185,11 +201,17 @@ impl ThreadPool {
         // dereferenced only by threads that claimed an index, and this function does not return
         // (or unwind) before every index is done, so `f` outlives every use. It is unpublished
         // before returning.
-        let job: *const Job = unsafe { std::mem::transmute::<&(dyn Fn(usize, usize) + Sync + '_), &'static Job>(job) };
+        let job: *const Job =
+            unsafe { std::mem::transmute::<&(dyn Fn(usize, usize) + Sync + '_), &'static Job>(job) };
         sh.done.0.store(0, Ordering::Relaxed);
         {
             let mut st = sh.state();
-            *st = JobState { job: Some(job), n, next: 1, caller: Some(thread::current()) };
+            *st = JobState {
+                job: Some(job),
+                n,
+                next: 1,
+                caller: Some(thread::current()),
+            };
         }
         sh.epoch.0.fetch_add(1, Ordering::Release);
         for h in &self.helpers {
@@ -203,7 +225,12 @@ impl ThreadPool {
             unsafe { sh.execute(job, i, n, None) };
         }
         wait_until(|| sh.done.0.load(Ordering::Acquire) == n);
-        *sh.state() = JobState { job: None, n: 0, next: 0, caller: None };
+        *sh.state() = JobState {
+            job: None,
+            n: 0,
+            next: 0,
+            caller: None,
+        };
         if let Some(payload) = sh.panic.lock().unwrap_or_else(PoisonError::into_inner).take() {
             resume_unwind(payload);
         }
@@ -336,8 +363,9 @@ mod tests {
                     }
                     assert_eq!(next, len);
                     // Balanced: chunk sizes in units differ by at most one.
-                    let sizes: Vec<usize> =
-                        (0..parts).map(|i| split_range(len, parts, i, align).len().div_ceil(align)).collect();
+                    let sizes: Vec<usize> = (0..parts)
+                        .map(|i| split_range(len, parts, i, align).len().div_ceil(align))
+                        .collect();
                     let (mn, mx) = (sizes.iter().min().copied(), sizes.iter().max().copied());
                     assert!(mx.unwrap_or(0) - mn.unwrap_or(0) <= 1);
                 }

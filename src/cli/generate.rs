@@ -76,12 +76,16 @@ pub(crate) struct GenerateArgs {
 
 pub(crate) fn run(a: GenerateArgs) -> anyhow::Result<()> {
     let dir = resolve_model(&a.model.model)?;
-    let mut opts = LoadOptions { dtype: a.dtype, ..LoadOptions::default() };
+    let mut opts = LoadOptions {
+        dtype: a.dtype,
+        ..LoadOptions::default()
+    };
     if let Some(t) = a.threads {
         opts.threads = t;
     }
     let load_start = std::time::Instant::now();
-    let mut model = LoadedModel::load(&dir, &opts, &mut |_, _| {}).with_context(|| format!("loading {}", dir.display()))?;
+    let mut model = LoadedModel::load(&dir, &opts, &mut |_, _| {})
+        .with_context(|| format!("loading {}", dir.display()))?;
     eprintln!(
         "loaded {} ({}, {} weights, {} threads, digest {}) in {:.2}s",
         dir.display(),
@@ -114,7 +118,11 @@ pub(crate) fn run(a: GenerateArgs) -> anyhow::Result<()> {
             frequency_penalty: a.frequency_penalty,
             seed: a.seed,
         },
-        stop: StopConditions { max_tokens: a.max_tokens, stop_token_ids: a.stop_tokens.clone(), stop_strings: a.stop.clone() },
+        stop: StopConditions {
+            max_tokens: a.max_tokens,
+            stop_token_ids: a.stop_tokens.clone(),
+            stop_strings: a.stop.clone(),
+        },
         top_logprobs: if a.json { a.logprobs } else { 0 },
     };
     let stdout = std::io::stdout();
@@ -158,7 +166,11 @@ pub(crate) fn run(a: GenerateArgs) -> anyhow::Result<()> {
         prefill,
         stats.prompt_tokens as f64 / prefill.max(1e-9),
         stats.completion_tokens,
-        if decode > 0.0 { decoded as f64 / decode } else { 0.0 },
+        if decode > 0.0 {
+            decoded as f64 / decode
+        } else {
+            0.0
+        },
         stats.finish_reason.name()
     );
     Ok(())

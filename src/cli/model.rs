@@ -115,8 +115,14 @@ pub(crate) fn run(cmd: ModelCommand) -> anyhow::Result<()> {
             Ok(())
         }
         ModelCommand::Import { gguf, dir, dtype } => {
-            let dtype = if dtype == "f32" { ImportDtype::F32 } else { ImportDtype::Bf16 };
-            let size = std::fs::metadata(&gguf).with_context(|| format!("reading {}", gguf.display()))?.len();
+            let dtype = if dtype == "f32" {
+                ImportDtype::F32
+            } else {
+                ImportDtype::Bf16
+            };
+            let size = std::fs::metadata(&gguf)
+                .with_context(|| format!("reading {}", gguf.display()))?
+                .len();
             let pb = bar(size, "importing");
             import_gguf(&gguf, &dir, dtype, &mut |done, total| {
                 pb.set_length(total);
@@ -134,7 +140,13 @@ pub(crate) fn run(cmd: ModelCommand) -> anyhow::Result<()> {
                 eprintln!("no models in {}; run `veil model pull`", store.root().display());
             }
             for m in models {
-                println!("{:<28} {} {:>8.1} MB  {}", m.name, m.digest, m.size_bytes as f64 / 1e6, m.path.display());
+                println!(
+                    "{:<28} {} {:>8.1} MB  {}",
+                    m.name,
+                    m.digest,
+                    m.size_bytes as f64 / 1e6,
+                    m.path.display()
+                );
             }
             Ok(())
         }

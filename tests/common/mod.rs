@@ -1,5 +1,5 @@
 //! Helpers shared by the end-to-end tests.
-#![allow(dead_code)]
+#![allow(dead_code, unreachable_pub)]
 
 use std::path::PathBuf;
 use std::sync::OnceLock;
@@ -22,7 +22,9 @@ pub fn model_dir() -> PathBuf {
             Ok(dir) => dir,
             Err(_) => {
                 eprintln!("pulling {DEFAULT_MODEL} for the tests");
-                store.pull(DEFAULT_MODEL, &mut |_| {}).expect("pull the default model")
+                store
+                    .pull(DEFAULT_MODEL, &mut |_| {})
+                    .expect("pull the default model")
             }
         }
     })
@@ -31,7 +33,10 @@ pub fn model_dir() -> PathBuf {
 
 /// Loads the default model.
 pub fn load(dtype: DType) -> LoadedModel {
-    let opts = LoadOptions { dtype, ..LoadOptions::default() };
+    let opts = LoadOptions {
+        dtype,
+        ..LoadOptions::default()
+    };
     LoadedModel::load(&model_dir(), &opts, &mut |_, _| {}).expect("load the default model")
 }
 
@@ -61,5 +66,8 @@ pub fn cases() -> Vec<Case> {
 /// A reference logits file.
 pub fn reference_logits(case: &Case) -> Vec<f32> {
     let bytes = std::fs::read(data_dir().join(&case.last_logits_file)).expect("read logits");
-    bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+    bytes
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
 }

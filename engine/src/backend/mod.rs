@@ -37,7 +37,9 @@ impl std::str::FromStr for DType {
         match s {
             "bf16" => Ok(Self::Bf16),
             "f32" => Ok(Self::F32),
-            other => Err(crate::error::Error::InvalidRequest(format!("unknown dtype {other:?} (bf16 or f32)"))),
+            other => Err(crate::error::Error::InvalidRequest(format!(
+                "unknown dtype {other:?} (bf16 or f32)"
+            ))),
         }
     }
 }

@@ -7,7 +7,7 @@
 use std::arch::x86_64::*;
 
 use super::{Ctx, RowJob, TILE, tile_offsets};
-use crate::math::{exp512, exp_approx};
+use crate::math::{exp_approx, exp512};
 
 /// Signature of a monomorphised kernel.
 pub(super) type AttendFn = unsafe fn(&Ctx<'_>, &RowJob<'_>);
@@ -26,7 +26,10 @@ fn hsum16(d: &[__m512; 16]) -> __m512 {
     for (j, u) in u.iter_mut().enumerate() {
         let (a, b) = (t[2 * j], t[2 * j + 1]);
         // Per 128-bit block q: the block-q sums of d[4j], d[4j+1], d[4j+2], d[4j+3].
-        *u = _mm512_add_ps(_mm512_shuffle_ps::<0b01_00_01_00>(a, b), _mm512_shuffle_ps::<0b11_10_11_10>(a, b));
+        *u = _mm512_add_ps(
+            _mm512_shuffle_ps::<0b01_00_01_00>(a, b),
+            _mm512_shuffle_ps::<0b11_10_11_10>(a, b),
+        );
     }
     let fold = |a: __m512, b: __m512| {
         _mm512_add_ps(
@@ -54,7 +57,10 @@ pub(super) unsafe fn attend<const G: usize, const C: usize>(ctx: &Ctx<'_>, job: 
     for (g, qg) in q.iter_mut().enumerate() {
         for (c, qc) in qg.iter_mut().enumerate() {
             // SAFETY: `job.q` holds `G × hd` values.
-            *qc = _mm512_mul_ps(unsafe { _mm512_loadu_ps(job.q.as_ptr().add(g * hd + 16 * c)) }, scale);
+            *qc = _mm512_mul_ps(
+                unsafe { _mm512_loadu_ps(job.q.as_ptr().add(g * hd + 16 * c)) },
+                scale,
+            );
         }
     }
     let mut acc = [[_mm512_setzero_ps(); C]; G];

@@ -35,7 +35,14 @@ struct Case {
 }
 
 impl Case {
-    fn new(rng: &mut Rng, n_heads: usize, n_kv: usize, hd: usize, bs: usize, shapes: Vec<(usize, usize)>) -> Case {
+    fn new(
+        rng: &mut Rng,
+        n_heads: usize,
+        n_kv: usize,
+        hd: usize,
+        bs: usize,
+        shapes: Vec<(usize, usize)>,
+    ) -> Case {
         let needed: Vec<usize> = shapes.iter().map(|&(s, n)| (s + n).div_ceil(bs)).collect();
         let n_blocks = needed.iter().sum::<usize>() + 3;
         // Shuffled physical block ids.
@@ -55,7 +62,17 @@ impl Case {
         let v = (0..elems).map(|_| rng.f32()).collect();
         let total: usize = shapes.iter().map(|s| s.1).sum();
         let q = (0..total * n_heads * hd).map(|_| rng.f32() * 3.0).collect();
-        Case { n_heads, n_kv, hd, bs, k, v, tables, shapes, q }
+        Case {
+            n_heads,
+            n_kv,
+            hd,
+            bs,
+            k,
+            v,
+            tables,
+            shapes,
+            q,
+        }
     }
 
     fn seqs(&self) -> Vec<AttnSeq<'_>> {
@@ -64,7 +81,12 @@ impl Case {
             .iter()
             .zip(&self.tables)
             .map(|(&(start_pos, n_tokens), table)| {
-                let s = AttnSeq { q_offset: off, n_tokens, start_pos, block_table: table };
+                let s = AttnSeq {
+                    q_offset: off,
+                    n_tokens,
+                    start_pos,
+                    block_table: table,
+                };
                 off += n_tokens;
                 s
             })
@@ -72,7 +94,13 @@ impl Case {
     }
 
     fn view(&self) -> KvLayerView<'_> {
-        KvLayerView { k: &self.k, v: &self.v, block_size: self.bs, n_kv_heads: self.n_kv, head_dim: self.hd }
+        KvLayerView {
+            k: &self.k,
+            v: &self.v,
+            block_size: self.bs,
+            n_kv_heads: self.n_kv,
+            head_dim: self.hd,
+        }
     }
 
     /// Dense reference: gather each position's K/V, full softmax per query, in f64.
@@ -95,7 +123,8 @@ impl Case {
                     let scores: Vec<f64> = (0..n_ctx)
                         .map(|p| {
                             let kr = at(&self.k, p);
-                            qh.iter().zip(&kr).map(|(&a, &b)| f64::from(a) * b).sum::<f64>() * f64::from(scale)
+                            qh.iter().zip(&kr).map(|(&a, &b)| f64::from(a) * b).sum::<f64>()
+                                * f64::from(scale)
                         })
                         .collect();
                     let mx = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
@@ -187,7 +216,12 @@ fn untouched_rows_and_empty_batches() {
     let case = Case::new(&mut rng, 3, 3, 64, 16, vec![(5, 2)]);
     let table = &case.tables[0];
     // The only sequence starts at row 1; row 0 must stay as it was.
-    let seqs = [AttnSeq { q_offset: 1, n_tokens: 1, start_pos: 5, block_table: table }];
+    let seqs = [AttnSeq {
+        q_offset: 1,
+        n_tokens: 1,
+        start_pos: 5,
+        block_table: table,
+    }];
     let q = vec![0.5f32; 2 * 3 * 64];
     let mut out = vec![-7.0f32; q.len()];
     paged_attention(&pool, &q, 3, &seqs, &case.view(), 0.125, &mut out);
@@ -201,8 +235,19 @@ fn untouched_rows_and_empty_batches() {
 fn short_block_table_panics() {
     let pool = ThreadPool::new(1);
     let k = vec![0.0f32; 4 * 64 * 16];
-    let view = KvLayerView { k: &k, v: &k, block_size: 16, n_kv_heads: 1, head_dim: 64 };
-    let seqs = [AttnSeq { q_offset: 0, n_tokens: 1, start_pos: 16, block_table: &[0] }];
+    let view = KvLayerView {
+        k: &k,
+        v: &k,
+        block_size: 16,
+        n_kv_heads: 1,
+        head_dim: 64,
+    };
+    let seqs = [AttnSeq {
+        q_offset: 0,
+        n_tokens: 1,
+        start_pos: 16,
+        block_table: &[0],
+    }];
     let q = vec![0.0f32; 64];
     let mut out = vec![0.0f32; 64];
     paged_attention(&pool, &q, 1, &seqs, &view, 1.0, &mut out);

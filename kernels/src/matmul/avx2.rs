@@ -63,7 +63,11 @@ unsafe fn store_panel(a: &Args, t: usize, panel: usize, lo: __m256, hi: __m256) 
     for (r, &v) in tmp.iter().enumerate().take(valid) {
         // SAFETY: `r < valid`, so `n0 + r < n` indexes existing bias and output elements.
         unsafe {
-            let b = if a.bias.is_null() { 0.0 } else { *a.bias.add(n0 + r) };
+            let b = if a.bias.is_null() {
+                0.0
+            } else {
+                *a.bias.add(n0 + r)
+            };
             *a.y.add(t * a.n + n0 + r) = v + b;
         }
     }

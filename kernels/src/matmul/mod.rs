@@ -94,8 +94,16 @@ pub(crate) fn matmul_with_isa(
     y: &mut [f32],
 ) {
     let (n, k) = (w.rows(), w.cols());
-    assert!(x.len() >= m * k, "matmul: x has {} elements, need {m} x {k}", x.len());
-    assert!(y.len() >= m * n, "matmul: y has {} elements, need {m} x {n}", y.len());
+    assert!(
+        x.len() >= m * k,
+        "matmul: x has {} elements, need {m} x {k}",
+        x.len()
+    );
+    assert!(
+        y.len() >= m * n,
+        "matmul: y has {} elements, need {m} x {n}",
+        y.len()
+    );
     if let Some(b) = bias {
         assert!(b.len() >= n, "matmul: bias has {} elements, need {n}", b.len());
     }
@@ -164,7 +172,11 @@ pub fn matmul_reference(
         let xr = &x[i * k..(i + 1) * k];
         for j in 0..n {
             let wr = &w_rowmajor[j * k..(j + 1) * k];
-            let mut acc: f64 = xr.iter().zip(wr).map(|(&a, &b)| f64::from(a) * f64::from(b)).sum();
+            let mut acc: f64 = xr
+                .iter()
+                .zip(wr)
+                .map(|(&a, &b)| f64::from(a) * f64::from(b))
+                .sum();
             if let Some(b) = bias {
                 acc += f64::from(b[j]);
             }

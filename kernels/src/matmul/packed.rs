@@ -55,7 +55,9 @@ impl std::fmt::Debug for PackedMatrix {
 /// Checks the shape and returns the number of panels.
 fn check_shape(rows: usize, cols: usize, got: usize) -> Result<usize, KernelError> {
     let n = rows.checked_mul(cols).filter(|_| rows > 0 && cols > 0);
-    let Some(n) = n else { return Err(KernelError::InvalidShape { rows, cols }) };
+    let Some(n) = n else {
+        return Err(KernelError::InvalidShape { rows, cols });
+    };
     if n != got {
         return Err(KernelError::ShapeMismatch { rows, cols, got });
     }
@@ -89,19 +91,34 @@ impl PackedMatrix {
             WeightDtype::F32 => pack_into(data, rows, cols, buf.as_mut_slice::<f32>(), |v| v),
             WeightDtype::Bf16 => pack_into(data, rows, cols, buf.as_mut_slice::<bf16>(), bf16::from_f32),
         }
-        Ok(PackedMatrix { rows, cols, dtype, buf })
+        Ok(PackedMatrix {
+            rows,
+            cols,
+            dtype,
+            buf,
+        })
     }
 
     /// Packs a row-major bf16 matrix (`data.len() == rows * cols`), widening exactly to f32 when
     /// `dtype` is [`WeightDtype::F32`].
-    pub fn from_bf16(rows: usize, cols: usize, data: &[bf16], dtype: WeightDtype) -> Result<Self, KernelError> {
+    pub fn from_bf16(
+        rows: usize,
+        cols: usize,
+        data: &[bf16],
+        dtype: WeightDtype,
+    ) -> Result<Self, KernelError> {
         let panels = check_shape(rows, cols, data.len())?;
         let mut buf = AlignedBuf::zeroed(panels * PANEL * cols * dtype.size_bytes());
         match dtype {
             WeightDtype::F32 => pack_into(data, rows, cols, buf.as_mut_slice::<f32>(), bf16::to_f32),
             WeightDtype::Bf16 => pack_into(data, rows, cols, buf.as_mut_slice::<bf16>(), |v| v),
         }
-        Ok(PackedMatrix { rows, cols, dtype, buf })
+        Ok(PackedMatrix {
+            rows,
+            cols,
+            dtype,
+            buf,
+        })
     }
 
     /// Output features (`N`).
@@ -202,7 +219,11 @@ mod tests {
         // panel 1 holds row 16 only; rows 17..32 of it are padding.
         for k in 0..cols {
             assert_eq!(raw[(cols + k) * 16], d[16 * cols + k]);
-            assert!(raw[(cols + k) * 16 + 1..(cols + k + 1) * 16].iter().all(|&v| v == 0.0));
+            assert!(
+                raw[(cols + k) * 16 + 1..(cols + k + 1) * 16]
+                    .iter()
+                    .all(|&v| v == 0.0)
+            );
             for r in 0..16 {
                 assert_eq!(raw[k * 16 + r], d[r * cols + k]);
             }
@@ -213,7 +234,11 @@ mod tests {
     fn shape_errors() {
         assert_eq!(
             PackedMatrix::from_f32(2, 3, &[0.0; 5], WeightDtype::F32).err(),
-            Some(KernelError::ShapeMismatch { rows: 2, cols: 3, got: 5 })
+            Some(KernelError::ShapeMismatch {
+                rows: 2,
+                cols: 3,
+                got: 5
+            })
         );
         assert!(PackedMatrix::from_f32(0, 3, &[], WeightDtype::F32).is_err());
         assert!(PackedMatrix::from_bf16(usize::MAX, 3, &[], WeightDtype::Bf16).is_err());

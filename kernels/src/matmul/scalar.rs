@@ -25,9 +25,15 @@ pub(super) unsafe fn matmul_panels(a: &Args, panels: Range<usize>) {
         // SAFETY: panel `p` lies within the packed buffer: `pe` elements at offset `p * pe`.
         let (w16, w32) = unsafe {
             if a.bf16 {
-                (std::slice::from_raw_parts(a.w.cast::<u16>().add(p * pe), pe), &[][..])
+                (
+                    std::slice::from_raw_parts(a.w.cast::<u16>().add(p * pe), pe),
+                    &[][..],
+                )
             } else {
-                (&[][..], std::slice::from_raw_parts(a.w.cast::<f32>().add(p * pe), pe))
+                (
+                    &[][..],
+                    std::slice::from_raw_parts(a.w.cast::<f32>().add(p * pe), pe),
+                )
             }
         };
         let valid = a.valid_rows(p);

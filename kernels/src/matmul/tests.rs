@@ -19,13 +19,28 @@ fn rand_vec(n: usize, seed: u64) -> Vec<f32> {
 
 /// Checks `got` against `want` with an error bound relative to `Σ|x·w| + |b|` per output.
 #[allow(clippy::too_many_arguments)]
-fn check(got: &[f32], want: &[f32], x: &[f32], w: &[f32], bias: Option<&[f32]>, m: usize, n: usize, k: usize, tol: f32) {
+fn check(
+    got: &[f32],
+    want: &[f32],
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    m: usize,
+    n: usize,
+    k: usize,
+    tol: f32,
+) {
     for i in 0..m {
         for j in 0..n {
-            let mag: f32 = (0..k).map(|kk| (x[i * k + kk] * w[j * k + kk]).abs()).sum::<f32>()
+            let mag: f32 = (0..k)
+                .map(|kk| (x[i * k + kk] * w[j * k + kk]).abs())
+                .sum::<f32>()
                 + bias.map_or(0.0, |b| b[j].abs());
             let (g, e) = (got[i * n + j], want[i * n + j]);
-            assert!((g - e).abs() <= tol * mag + 1e-6, "m {m} n {n} k {k} at ({i},{j}): got {g}, want {e}");
+            assert!(
+                (g - e).abs() <= tol * mag + 1e-6,
+                "m {m} n {n} k {k} at ({i},{j}): got {g}, want {e}"
+            );
         }
     }
 }
@@ -80,7 +95,12 @@ fn all_isas_match_reference_on_odd_shapes() {
 fn all_isas_large_shapes() {
     let pool = ThreadPool::new(2);
     for isa in Isa::available() {
-        for &(m, n, k) in &[(1usize, 960usize, 576usize), (33, 200, 576), (17, 100, 1536), (1, 576, 1536)] {
+        for &(m, n, k) in &[
+            (1usize, 960usize, 576usize),
+            (33, 200, 576),
+            (17, 100, 1536),
+            (1, 576, 1536),
+        ] {
             for dtype in [WeightDtype::F32, WeightDtype::Bf16] {
                 run_case(isa, &pool, m, n, k, dtype, true);
             }

@@ -38,7 +38,11 @@ impl Scratch {
         if tokens <= self.tokens {
             return;
         }
-        let (h, q, i) = (cfg.hidden_size, cfg.num_heads * cfg.head_dim, cfg.intermediate_size);
+        let (h, q, i) = (
+            cfg.hidden_size,
+            cfg.num_heads * cfg.head_dim,
+            cfg.intermediate_size,
+        );
         self.tokens = tokens;
         self.x.resize(tokens * h, 0.0);
         self.xn.resize(tokens * h, 0.0);
@@ -120,13 +124,19 @@ impl CpuBackend {
                 )));
             }
             if let Some(&bad) = s.tokens.iter().find(|&&t| t as usize >= self.cfg.vocab_size) {
-                return Err(Error::InvalidRequest(format!("token id {bad} outside the vocabulary")));
+                return Err(Error::InvalidRequest(format!(
+                    "token id {bad} outside the vocabulary"
+                )));
             }
             if s.block_table.len() * self.kv.block_size < end || self.kv.block_size == 0 {
-                return Err(Error::KvCacheExhausted(format!("batch entry {i}: block table too short")));
+                return Err(Error::KvCacheExhausted(format!(
+                    "batch entry {i}: block table too short"
+                )));
             }
             if s.block_table.iter().any(|&b| b as usize >= self.kv.num_blocks) {
-                return Err(Error::KvCacheExhausted(format!("batch entry {i}: block id out of range")));
+                return Err(Error::KvCacheExhausted(format!(
+                    "batch entry {i}: block id out of range"
+                )));
             }
             total += s.tokens.len();
         }
@@ -148,12 +158,18 @@ impl Backend for CpuBackend {
     }
 
     fn kv_block_bytes(&self, block_size: usize) -> usize {
-        2 * self.cfg.num_layers * self.cfg.num_kv_heads * self.cfg.head_dim * block_size * std::mem::size_of::<f32>()
+        2 * self.cfg.num_layers
+            * self.cfg.num_kv_heads
+            * self.cfg.head_dim
+            * block_size
+            * std::mem::size_of::<f32>()
     }
 
     fn init_kv_cache(&mut self, num_blocks: usize, block_size: usize) -> Result<()> {
         if block_size == 0 || num_blocks == 0 {
-            return Err(Error::InvalidRequest("KV cache needs at least one block of one position".into()));
+            return Err(Error::InvalidRequest(
+                "KV cache needs at least one block of one position".into(),
+            ));
         }
         let per_layer = num_blocks
             .checked_mul(block_size * self.cfg.num_kv_heads * self.cfg.head_dim)
@@ -193,7 +209,12 @@ impl Backend for CpuBackend {
             batch
                 .iter()
                 .map(|c| {
-                    let a = AttnSeq { q_offset: off, n_tokens: c.tokens.len(), start_pos: c.start_pos, block_table: c.block_table };
+                    let a = AttnSeq {
+                        q_offset: off,
+                        n_tokens: c.tokens.len(),
+                        start_pos: c.start_pos,
+                        block_table: c.block_table,
+                    };
                     off += c.tokens.len();
                     a
                 })
@@ -203,9 +224,21 @@ impl Backend for CpuBackend {
 
         for (li, layer) in w.layers.iter().enumerate() {
             for t in 0..total {
-                rms_norm(&s.x[t * h..(t + 1) * h], &layer.attn_norm, cfg.rms_norm_eps, &mut s.xn[t * h..(t + 1) * h]);
+                rms_norm(
+                    &s.x[t * h..(t + 1) * h],
+                    &layer.attn_norm,
+                    cfg.rms_norm_eps,
+                    &mut s.xn[t * h..(t + 1) * h],
+                );
             }
-            matmul(pool, &s.xn[..total * h], total, &layer.qkv, layer.qkv_bias.as_deref(), &mut s.qkv[..total * qkvw]);
+            matmul(
+                pool,
+                &s.xn[..total * h],
+                total,
+                &layer.qkv,
+                layer.qkv_bias.as_deref(),
+                &mut s.qkv[..total * qkvw],
+            );
             // RoPE on q and k, then k/v into the cache and q into its own buffer.
             let (kc, vc) = (&mut self.kv.k[li], &mut self.kv.v[li]);
             let mut t = 0;
@@ -228,20 +261,60 @@ impl Backend for CpuBackend {
                     t += 1;
                 }
             }
-            let view = KvLayerView { k: kc, v: vc, block_size: bs, n_kv_heads: nkv, head_dim: hd };
-            paged_attention(pool, &s.q[..total * qw], nh, &seqs, &view, scale, &mut s.attn[..total * qw]);
-            matmul(pool, &s.attn[..total * qw], total, &layer.o_proj, None, &mut s.proj[..total * h]);
+            let view = KvLayerView {
+                k: kc,
+                v: vc,
+                block_size: bs,
+                n_kv_heads: nkv,
+                head_dim: hd,
+            };
+            paged_attention(
+                pool,
+                &s.q[..total * qw],
+                nh,
+                &seqs,
+                &view,
+                scale,
+                &mut s.attn[..total * qw],
+            );
+            matmul(
+                pool,
+                &s.attn[..total * qw],
+                total,
+                &layer.o_proj,
+                None,
+                &mut s.proj[..total * h],
+            );
             add_inplace(&mut s.x[..total * h], &s.proj[..total * h]);
 
             for t in 0..total {
-                rms_norm(&s.x[t * h..(t + 1) * h], &layer.mlp_norm, cfg.rms_norm_eps, &mut s.xn[t * h..(t + 1) * h]);
+                rms_norm(
+                    &s.x[t * h..(t + 1) * h],
+                    &layer.mlp_norm,
+                    cfg.rms_norm_eps,
+                    &mut s.xn[t * h..(t + 1) * h],
+                );
             }
-            matmul(pool, &s.xn[..total * h], total, &layer.gate_up, None, &mut s.gate_up[..total * 2 * inter]);
+            matmul(
+                pool,
+                &s.xn[..total * h],
+                total,
+                &layer.gate_up,
+                None,
+                &mut s.gate_up[..total * 2 * inter],
+            );
             for t in 0..total {
                 let gu = &s.gate_up[t * 2 * inter..(t + 1) * 2 * inter];
                 silu_mul(&gu[..inter], &gu[inter..], &mut s.act[t * inter..(t + 1) * inter]);
             }
-            matmul(pool, &s.act[..total * inter], total, &layer.down, None, &mut s.proj[..total * h]);
+            matmul(
+                pool,
+                &s.act[..total * inter],
+                total,
+                &layer.down,
+                None,
+                &mut s.proj[..total * h],
+            );
             add_inplace(&mut s.x[..total * h], &s.proj[..total * h]);
         }
 
@@ -252,7 +325,12 @@ impl Backend for CpuBackend {
             t += chunk.tokens.len();
             if chunk.want_logits {
                 let src = &s.x[(t - 1) * h..t * h];
-                rms_norm(src, &w.final_norm, cfg.rms_norm_eps, &mut s.last[n_out * h..(n_out + 1) * h]);
+                rms_norm(
+                    src,
+                    &w.final_norm,
+                    cfg.rms_norm_eps,
+                    &mut s.last[n_out * h..(n_out + 1) * h],
+                );
                 n_out += 1;
             }
         }

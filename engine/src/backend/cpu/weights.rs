@@ -59,15 +59,27 @@ fn kernel_dtype(d: DType) -> WeightDtype {
 }
 
 fn pack(name: &str, rows: usize, cols: usize, data: &[f32], dtype: DType) -> Result<PackedMatrix> {
-    PackedMatrix::from_f32(rows, cols, data, kernel_dtype(dtype))
-        .map_err(|e| Error::Tensor { name: name.into(), reason: e.to_string() })
+    PackedMatrix::from_f32(rows, cols, data, kernel_dtype(dtype)).map_err(|e| Error::Tensor {
+        name: name.into(),
+        reason: e.to_string(),
+    })
 }
 
 impl CpuWeights {
     /// Reads and repacks every tensor, reporting progress as (layers done, layers total).
-    pub(crate) fn load(w: &Weights, cfg: &ModelConfig, dtype: DType, progress: &mut dyn FnMut(usize, usize)) -> Result<Self> {
+    pub(crate) fn load(
+        w: &Weights,
+        cfg: &ModelConfig,
+        dtype: DType,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<Self> {
         let h = cfg.hidden_size;
-        let (nh, nkv, hd, inter) = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.intermediate_size);
+        let (nh, nkv, hd, inter) = (
+            cfg.num_heads,
+            cfg.num_kv_heads,
+            cfg.head_dim,
+            cfg.intermediate_size,
+        );
         let embed = w.f32("model.embed_tokens.weight", &[cfg.vocab_size, h])?;
         let lm_head = if cfg.tie_word_embeddings || !w.contains("lm_head.weight") {
             pack("lm_head (tied)", cfg.vocab_size, h, &embed, dtype)?
@@ -108,14 +120,21 @@ impl CpuWeights {
             });
             progress(i + 1, cfg.num_layers);
         }
-        Ok(Self { embedding, layers, final_norm: w.f32("model.norm.weight", &[h])?, lm_head })
+        Ok(Self {
+            embedding,
+            layers,
+            final_norm: w.f32("model.norm.weight", &[h])?,
+            lm_head,
+        })
     }
 
     /// Bytes of weights read for one decode step (every matrix once, plus the LM head).
     pub(crate) fn bytes_per_token(&self) -> usize {
         self.layers
             .iter()
-            .map(|l| l.qkv.size_bytes() + l.o_proj.size_bytes() + l.gate_up.size_bytes() + l.down.size_bytes())
+            .map(|l| {
+                l.qkv.size_bytes() + l.o_proj.size_bytes() + l.gate_up.size_bytes() + l.down.size_bytes()
+            })
             .sum::<usize>()
             + self.lm_head.size_bytes()
     }
