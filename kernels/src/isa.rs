@@ -69,3 +69,20 @@ pub(crate) fn selected() -> Isa {
         Isa::best_up_to(limit)
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn selection_is_available_and_honours_env() {
+        let sel = selected();
+        assert!(sel.is_available());
+        assert!(Isa::available().any(|i| i == sel));
+        match std::env::var("VEIL_KERNEL").as_deref() {
+            Ok("scalar") => assert_eq!(sel, Isa::Scalar),
+            Ok("avx2") => assert!(sel <= Isa::Avx2),
+            _ => assert_eq!(Some(sel), Isa::available().last()),
+        }
+    }
+}

@@ -9,8 +9,39 @@ use std::arch::x86_64::*;
 use super::{Ctx, RowJob, TILE, tile_offsets};
 use crate::math::{exp_approx, exp512};
 
+/// 16-position score vectors per softmax update.
+const SUB: usize = 4;
+/// Positions per softmax update (amortises its latency chain).
+const BIG: usize = TILE * SUB;
+
 /// Signature of a monomorphised kernel.
 pub(super) type AttendFn = unsafe fn(&Ctx<'_>, &RowJob<'_>);
+
+/// Heads per call for a head size this module has kernels for (accumulators fit in 16 `zmm`).
+pub(super) fn max_group(head_dim: usize) -> Option<usize> {
+    match head_dim {
+        32 | 64 => Some(4),
+        128 => Some(2),
+        _ => None,
+    }
+}
+
+/// The kernel for `n_g` heads of `head_dim`, if there is one.
+pub(super) fn kernel(head_dim: usize, n_g: usize) -> Option<AttendFn> {
+    Some(match (head_dim, n_g) {
+        (32, 1) => attend::<1, 2>,
+        (32, 2) => attend::<2, 2>,
+        (32, 3) => attend::<3, 2>,
+        (32, 4) => attend::<4, 2>,
+        (64, 1) => attend::<1, 4>,
+        (64, 2) => attend::<2, 4>,
+        (64, 3) => attend::<3, 4>,
+        (64, 4) => attend::<4, 4>,
+        (128, 1) => attend::<1, 8>,
+        (128, 2) => attend::<2, 8>,
+        _ => return None,
+    })
+}
 
 /// Reduces 16 vectors to one: lane `i` of the result is the sum of the lanes of `d[i]`.
 #[target_feature(enable = "avx512f")]
@@ -46,9 +77,10 @@ fn hsum16(d: &[__m512; 16]) -> __m512 {
 ///
 /// # Safety
 /// AVX-512F and FMA must be available; `job.q` holds `G × 16C` values, `job.out` is valid for as
-/// many exclusive writes, and the block table was validated against the cache.
+/// many exclusive writes (or the partial slot for `G` heads), and the block table was validated
+/// against the cache.
 #[target_feature(enable = "avx512f,fma")]
-pub(super) unsafe fn attend<const G: usize, const C: usize>(ctx: &Ctx<'_>, job: &RowJob<'_>) {
+unsafe fn attend<const G: usize, const C: usize>(ctx: &Ctx<'_>, job: &RowJob<'_>) {
     let hd = 16 * C;
     debug_assert!(job.n_g == G && ctx.kv.head_dim == hd && job.q.len() >= G * hd);
     let (kp, vp) = (ctx.kv.k.as_ptr(), ctx.kv.v.as_ptr());
@@ -66,31 +98,47 @@ pub(super) unsafe fn attend<const G: usize, const C: usize>(ctx: &Ctx<'_>, job: 
     let mut acc = [[_mm512_setzero_ps(); C]; G];
     let mut m = [f32::NEG_INFINITY; G];
     let mut l = [0.0f32; G];
-    let mut offs = [0usize; TILE];
-    let mut p = [[0.0f32; TILE]; G];
-    let mut pos = 0;
-    while pos < job.n_ctx {
-        let tn = (job.n_ctx - pos).min(TILE);
+    let mut offs = [0usize; BIG];
+    let mut p = [[0.0f32; BIG]; G];
+    let mut pos = job.pos.start;
+    while pos < job.pos.end {
+        let tn = (job.pos.end - pos).min(BIG);
         tile_offsets(ctx, job, pos, tn, &mut offs);
-        let mask: __mmask16 = ((1u32 << tn) - 1) as __mmask16;
+        let n_sub = tn.div_ceil(TILE);
+        let mut masks = [0 as __mmask16; SUB];
+        for (j, mk) in masks.iter_mut().enumerate().take(n_sub) {
+            *mk = ((1u32 << (tn - j * TILE).min(TILE)) - 1) as __mmask16;
+        }
         for g in 0..G {
-            let mut d = [_mm512_setzero_ps(); TILE];
-            for (di, &o) in d.iter_mut().zip(&offs) {
-                // SAFETY: `o` is the offset of a K row inside the validated cache (lanes past
-                // `tn` repeat the first row), `hd` values long.
-                let k = unsafe { kp.add(o) };
-                let mut s = _mm512_setzero_ps();
-                for (c, &qc) in q[g].iter().enumerate() {
-                    // SAFETY: see above; `16 * c + 16 <= hd`.
-                    s = _mm512_fmadd_ps(qc, unsafe { _mm512_loadu_ps(k.add(16 * c)) }, s);
+            // Scores of up to `BIG` positions, 16 per vector (masked lanes are -inf).
+            let mut sv = [_mm512_set1_ps(f32::NEG_INFINITY); SUB];
+            for j in 0..n_sub {
+                let mut d = [_mm512_setzero_ps(); TILE];
+                for (di, &o) in d.iter_mut().zip(&offs[j * TILE..(j + 1) * TILE]) {
+                    // SAFETY: `o` is the offset of a K row inside the validated cache (entries
+                    // past `tn` repeat the first row), `hd` values long.
+                    let k = unsafe { kp.add(o) };
+                    let mut s = _mm512_setzero_ps();
+                    for (c, &qc) in q[g].iter().enumerate() {
+                        // SAFETY: see above; `16 * c + 16 <= hd`.
+                        s = _mm512_fmadd_ps(qc, unsafe { _mm512_loadu_ps(k.add(16 * c)) }, s);
+                    }
+                    *di = s;
                 }
-                *di = s;
+                sv[j] = _mm512_mask_mov_ps(sv[j], masks[j], hsum16(&d));
             }
-            let s = _mm512_mask_mov_ps(_mm512_set1_ps(f32::NEG_INFINITY), mask, hsum16(&d));
-            let m_new = m[g].max(_mm512_reduce_max_ps(s));
+            let tmax = _mm512_max_ps(_mm512_max_ps(sv[0], sv[1]), _mm512_max_ps(sv[2], sv[3]));
+            let m_new = m[g].max(_mm512_reduce_max_ps(tmax));
             let corr = exp_approx(m[g] - m_new);
-            let pv = _mm512_maskz_mov_ps(mask, exp512(_mm512_sub_ps(s, _mm512_set1_ps(m_new))));
-            l[g] = l[g] * corr + _mm512_reduce_add_ps(pv);
+            let mv = _mm512_set1_ps(m_new);
+            let mut lsum = _mm512_setzero_ps();
+            for j in 0..n_sub {
+                let pv = _mm512_maskz_mov_ps(masks[j], exp512(_mm512_sub_ps(sv[j], mv)));
+                lsum = _mm512_add_ps(lsum, pv);
+                // SAFETY: `p[g]` holds `BIG = 16 · SUB` floats and `j < SUB`.
+                unsafe { _mm512_storeu_ps(p[g].as_mut_ptr().add(j * TILE), pv) };
+            }
+            l[g] = l[g] * corr + _mm512_reduce_add_ps(lsum);
             m[g] = m_new;
             if corr != 1.0 {
                 let cv = _mm512_set1_ps(corr);
@@ -98,8 +146,6 @@ pub(super) unsafe fn attend<const G: usize, const C: usize>(ctx: &Ctx<'_>, job: 
                     *a = _mm512_mul_ps(*a, cv);
                 }
             }
-            // SAFETY: `p[g]` holds 16 f32.
-            unsafe { _mm512_storeu_ps(p[g].as_mut_ptr(), pv) };
         }
         for (i, &o) in offs.iter().enumerate().take(tn) {
             let mut v = [_mm512_setzero_ps(); C];
@@ -115,6 +161,20 @@ pub(super) unsafe fn attend<const G: usize, const C: usize>(ctx: &Ctx<'_>, job: 
             }
         }
         pos += tn;
+    }
+    if let Some(part) = job.partial {
+        for g in 0..G {
+            // SAFETY: the partial slot holds `G × hd` accumulators and `G` maxima and
+            // denominators, exclusively ours (caller contract).
+            unsafe {
+                for c in 0..C {
+                    _mm512_storeu_ps(part.acc.add(g * hd + 16 * c), acc[g][c]);
+                }
+                *part.m.add(g) = m[g];
+                *part.l.add(g) = l[g];
+            }
+        }
+        return;
     }
     for g in 0..G {
         let inv = _mm512_set1_ps(1.0 / l[g]);

@@ -198,6 +198,29 @@ fn random_batches_match_reference() {
 }
 
 #[test]
+fn split_k_decode_matches_reference() {
+    // Few units (batch-1 decode) and long contexts trigger the split-K path; the second case
+    // also has a short sequence whose later parts are empty.
+    let pools = [ThreadPool::new(2), ThreadPool::new(3)];
+    let mut rng = Rng(4242);
+    for &(n_heads, n_kv, hd, bs) in &[
+        (9usize, 3usize, 64usize, 16usize),
+        (4, 1, 64, 32),
+        (6, 2, 24, 1),
+        (2, 1, 128, 16),
+    ] {
+        check_case(
+            &Case::new(&mut rng, n_heads, n_kv, hd, bs, vec![(700, 1)]),
+            &pools,
+        );
+        check_case(
+            &Case::new(&mut rng, n_heads, n_kv, hd, bs, vec![(3, 1), (900, 1)]),
+            &pools,
+        );
+    }
+}
+
+#[test]
 fn long_context_and_large_scores() {
     let pools = [ThreadPool::new(2)];
     let mut rng = Rng(99);
