@@ -4,10 +4,8 @@
 
 mod common;
 
-use veil_engine::backend::{DType, SeqChunk};
-use veil_engine::generate::{GenerateRequest, generate};
-use veil_engine::output::StopConditions;
-use veil_engine::sampling::{SamplingParams, top_n};
+use veil_engine::backend::DType;
+use veil_engine::sampling::top_n;
 
 #[test]
 fn bf16_stays_close_to_reference() {
@@ -16,46 +14,11 @@ fn bf16_stays_close_to_reference() {
     let mut total_ref = 0;
     for case in common::cases() {
         let ids = case.input_ids.clone();
-        let blocks = ids.len().div_ceil(16);
-        model.backend.init_kv_cache(blocks, 16).expect("kv");
-        let table: Vec<u32> = (0..blocks as u32).collect();
-        let mut logits = Vec::new();
-        model
-            .backend
-            .forward(
-                &[SeqChunk {
-                    tokens: &ids,
-                    start_pos: 0,
-                    block_table: &table,
-                    want_logits: true,
-                }],
-                &mut logits,
-            )
-            .expect("forward");
-        let reference = common::reference_logits(&case);
-        let max_diff = logits
-            .iter()
-            .zip(&reference)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0.0f32, f32::max);
+        let logits = common::prompt_logits(&mut model, &ids);
+        let max_diff = common::max_abs_diff(&logits, &common::reference_logits(&case));
         let ours: Vec<u32> = top_n(&logits, 10).iter().map(|t| t.0).collect();
         let overlap = ours.iter().filter(|id| case.top10_ids.contains(id)).count();
-
-        let req = GenerateRequest {
-            prompt: ids,
-            sampling: SamplingParams::default(),
-            stop: StopConditions {
-                max_tokens: case.greedy_new_ids.len(),
-                ..Default::default()
-            },
-            top_logprobs: 0,
-        };
-        let mut got = Vec::new();
-        generate(&mut model, &req, &mut |ev| {
-            got.push(ev.id);
-            true
-        })
-        .expect("generate");
+        let got = common::greedy(&mut model, &ids, case.greedy_new_ids.len());
         let agree = got
             .iter()
             .zip(&case.greedy_new_ids)

@@ -3,12 +3,9 @@
 
 mod common;
 
-use veil_engine::backend::{DType, SeqChunk};
-use veil_engine::generate::{GenerateRequest, generate};
-use veil_engine::output::StopConditions;
-use veil_engine::sampling::SamplingParams;
+use veil_engine::backend::DType;
 
-/// Max |logit - reference| allowed in f32: the reference's own README bound.
+/// Max |logit - reference| allowed in f32: the reference's own README bound (measured ≤ 7.5e-5).
 const F32_LOGIT_TOLERANCE: f32 = 1e-3;
 
 #[test]
@@ -17,55 +14,15 @@ fn f32_matches_reference() {
     for case in common::cases() {
         let ids = model.tokenizer.encode(&case.chat_text).expect("encode");
         assert_eq!(ids, case.input_ids, "prompt tokens of {:?}", case.prompt);
-
-        // Last-position logits of the prompt.
-        let n = ids.len();
-        let blocks = n.div_ceil(16);
-        model.backend.init_kv_cache(blocks, 16).expect("kv");
-        let table: Vec<u32> = (0..blocks as u32).collect();
-        let mut logits = Vec::new();
-        model
-            .backend
-            .forward(
-                &[SeqChunk {
-                    tokens: &ids,
-                    start_pos: 0,
-                    block_table: &table,
-                    want_logits: true,
-                }],
-                &mut logits,
-            )
-            .expect("forward");
-        let reference = common::reference_logits(&case);
-        assert_eq!(logits.len(), reference.len());
-        let max_diff = logits
-            .iter()
-            .zip(&reference)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0.0f32, f32::max);
+        let logits = common::prompt_logits(&mut model, &ids);
+        let max_diff = common::max_abs_diff(&logits, &common::reference_logits(&case));
         eprintln!("{:?}: max |logit diff| = {max_diff:.2e}", case.prompt);
         assert!(
             max_diff <= F32_LOGIT_TOLERANCE,
             "{:?}: max |logit diff| {max_diff}",
             case.prompt
         );
-
-        // Greedy continuation.
-        let req = GenerateRequest {
-            prompt: ids,
-            sampling: SamplingParams::default(),
-            stop: StopConditions {
-                max_tokens: case.greedy_new_ids.len(),
-                ..Default::default()
-            },
-            top_logprobs: 0,
-        };
-        let mut got = Vec::new();
-        generate(&mut model, &req, &mut |ev| {
-            got.push(ev.id);
-            true
-        })
-        .expect("generate");
+        let got = common::greedy(&mut model, &ids, case.greedy_new_ids.len());
         assert_eq!(got, case.greedy_new_ids, "greedy tokens of {:?}", case.prompt);
     }
 }

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
-use veil_engine::backend::DType;
+use veil_engine::backend::{DType, SeqChunk};
 use veil_engine::model::{LoadOptions, LoadedModel};
 use veil_engine::store::{DEFAULT_MODEL, ModelStore};
 
@@ -70,4 +70,48 @@ pub fn reference_logits(case: &Case) -> Vec<f32> {
         .chunks_exact(4)
         .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
         .collect()
+}
+
+/// Next-token logits after `ids`, from a fresh KV cache.
+pub fn prompt_logits(model: &mut LoadedModel, ids: &[u32]) -> Vec<f32> {
+    let blocks = ids.len().div_ceil(16);
+    model.backend.init_kv_cache(blocks, 16).expect("kv");
+    let table: Vec<u32> = (0..blocks as u32).collect();
+    let mut logits = Vec::new();
+    let chunk = SeqChunk {
+        tokens: ids,
+        start_pos: 0,
+        block_table: &table,
+        want_logits: true,
+    };
+    model.backend.forward(&[chunk], &mut logits).expect("forward");
+    logits
+}
+
+/// Largest absolute difference of two equally long slices.
+pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+/// Greedy tokens for `prompt`, at most `max_tokens`, stopping at end of turn.
+pub fn greedy(model: &mut LoadedModel, prompt: &[u32], max_tokens: usize) -> Vec<u32> {
+    use veil_engine::generate::{GenerateRequest, generate};
+    use veil_engine::output::StopConditions;
+    let req = GenerateRequest {
+        prompt: prompt.to_vec(),
+        sampling: Default::default(),
+        stop: StopConditions {
+            max_tokens,
+            ..Default::default()
+        },
+        top_logprobs: 0,
+    };
+    let mut got = Vec::new();
+    generate(model, &req, &mut |ev| {
+        got.push(ev.id);
+        true
+    })
+    .expect("generate");
+    got
 }

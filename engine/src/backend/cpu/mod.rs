@@ -18,6 +18,14 @@ use crate::config::ModelConfig;
 use crate::error::{Error, Result};
 use crate::weights::Weights;
 
+/// RMSNorm of each row of `x` (rows of `weight.len()` values) into `out`.
+fn rms_norm_rows(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
+    let h = weight.len();
+    for (row, dst) in x.chunks_exact(h).zip(out.chunks_exact_mut(h)) {
+        rms_norm(row, weight, eps, dst);
+    }
+}
+
 /// Activation buffers, grown to the largest step seen and reused (nothing allocated per token).
 #[derive(Debug, Default)]
 struct Scratch {
@@ -223,14 +231,12 @@ impl Backend for CpuBackend {
         let scale = 1.0 / (hd as f32).sqrt();
 
         for (li, layer) in w.layers.iter().enumerate() {
-            for t in 0..total {
-                rms_norm(
-                    &s.x[t * h..(t + 1) * h],
-                    &layer.attn_norm,
-                    cfg.rms_norm_eps,
-                    &mut s.xn[t * h..(t + 1) * h],
-                );
-            }
+            rms_norm_rows(
+                &s.x[..total * h],
+                &layer.attn_norm,
+                cfg.rms_norm_eps,
+                &mut s.xn[..total * h],
+            );
             matmul(
                 pool,
                 &s.xn[..total * h],
@@ -287,14 +293,12 @@ impl Backend for CpuBackend {
             );
             add_inplace(&mut s.x[..total * h], &s.proj[..total * h]);
 
-            for t in 0..total {
-                rms_norm(
-                    &s.x[t * h..(t + 1) * h],
-                    &layer.mlp_norm,
-                    cfg.rms_norm_eps,
-                    &mut s.xn[t * h..(t + 1) * h],
-                );
-            }
+            rms_norm_rows(
+                &s.x[..total * h],
+                &layer.mlp_norm,
+                cfg.rms_norm_eps,
+                &mut s.xn[..total * h],
+            );
             matmul(
                 pool,
                 &s.xn[..total * h],
