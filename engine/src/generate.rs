@@ -24,8 +24,8 @@ pub struct GenerateRequest {
     pub sampling: SamplingParams,
     /// Stop conditions (the model's EOS ids are added automatically).
     pub stop: StopConditions,
-    /// How many top log-probabilities to report per token (0 = none).
-    pub top_logprobs: usize,
+    /// Report each token's log-probability plus this many most likely alternatives.
+    pub logprobs: Option<usize>,
 }
 
 /// One generated token, as streamed.
@@ -35,8 +35,8 @@ pub struct TokenEvent {
     pub id: u32,
     /// Text made final by this token.
     pub text: String,
-    /// Log-probability of the token.
-    pub logprob: f32,
+    /// Log-probability of the token (when asked for).
+    pub logprob: Option<f32>,
     /// Most likely alternatives, highest first (when asked for).
     pub top_logprobs: Vec<TokenLogprob>,
 }
@@ -114,7 +114,7 @@ pub fn generate(
     let mut prefill_time = None;
     let mut token = [0u32; 1];
     let finish_reason = loop {
-        let s = sampler.sample(&mut logits, req.top_logprobs);
+        let s = sampler.sample(&mut logits, req.logprobs);
         let delta = out.push(&model.tokenizer, s.id)?;
         prefill_time.get_or_insert_with(|| start.elapsed());
         let event = TokenEvent {
@@ -135,7 +135,7 @@ pub fn generate(
                 on_token(&TokenEvent {
                     id: s.id,
                     text: rest,
-                    logprob: 0.0,
+                    logprob: None,
                     top_logprobs: Vec::new(),
                 });
             }

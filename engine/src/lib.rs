@@ -21,6 +21,7 @@ pub mod gguf;
 pub mod kv_cache;
 pub mod model;
 pub mod output;
+pub mod runtime;
 pub mod sampling;
 pub mod store;
 pub mod tokenizer;

@@ -35,7 +35,7 @@ pub struct LoadedModel {
     /// Its configuration.
     pub config: ModelConfig,
     /// Its tokenizer and chat template.
-    pub tokenizer: Tokenizer,
+    pub tokenizer: std::sync::Arc<Tokenizer>,
     /// SHA-256 over its weights, tokenizer and configuration.
     pub digest: ModelDigest,
     /// The runtime holding the weights.
@@ -59,7 +59,7 @@ impl LoadedModel {
     /// (layers loaded, layers total).
     pub fn load(dir: &Path, opts: &LoadOptions, progress: &mut dyn FnMut(usize, usize)) -> Result<Self> {
         let config = ModelConfig::from_dir(dir)?;
-        let tokenizer = Tokenizer::from_dir(dir)?;
+        let tokenizer = std::sync::Arc::new(Tokenizer::from_dir(dir)?);
         let digest = model_digest(dir)?;
         let weights = Weights::open(dir)?;
         let backend = CpuBackend::load(&weights, &config, opts.dtype, opts.threads, progress)?;

@@ -12,6 +12,10 @@ pub enum FinishReason {
     Length,
     /// The client went away or cancelled.
     Cancelled,
+    /// The request's deadline passed.
+    DeadlineExceeded,
+    /// The engine failed while running the request.
+    Error,
 }
 
 impl FinishReason {
@@ -21,6 +25,8 @@ impl FinishReason {
             Self::Stop => "stop",
             Self::Length => "length",
             Self::Cancelled => "cancelled",
+            Self::DeadlineExceeded => "deadline_exceeded",
+            Self::Error => "error",
         }
     }
 }

@@ -41,31 +41,59 @@ impl Default for SamplingParams {
 impl SamplingParams {
     /// Checks that every parameter is in range.
     pub fn validate(&self) -> Result<()> {
-        let bad = |m: &str| Err(Error::InvalidRequest(m.into()));
+        self.check().map_err(|e| Error::InvalidRequest(e.to_string()))
+    }
+
+    /// Checks that every parameter is in range, naming the first offending field.
+    pub fn check(&self) -> std::result::Result<(), InvalidField> {
+        let bad = |field: &'static str, message: &str| {
+            Err(InvalidField {
+                field,
+                message: message.into(),
+            })
+        };
         if !self.temperature.is_finite() || self.temperature < 0.0 || self.temperature > 100.0 {
-            return bad("temperature must be in [0, 100]");
+            return bad("temperature", "must be in [0, 100]");
         }
         if !(self.top_p > 0.0 && self.top_p <= 1.0) {
-            return bad("top_p must be in (0, 1]");
+            return bad("top_p", "must be in (0, 1]");
+        }
+        if self.top_k > 1 << 20 {
+            return bad("top_k", "must be at most 1048576 (0 = off)");
         }
         if !(0.0..=1.0).contains(&self.min_p) {
-            return bad("min_p must be in [0, 1]");
+            return bad("min_p", "must be in [0, 1]");
         }
         if !(self.repetition_penalty.is_finite()
             && self.repetition_penalty > 0.0
             && self.repetition_penalty <= 10.0)
         {
-            return bad("repetition_penalty must be in (0, 10]");
+            return bad("repetition_penalty", "must be in (0, 10]");
         }
-        for (name, v) in [
+        for (field, v) in [
             ("presence_penalty", self.presence_penalty),
             ("frequency_penalty", self.frequency_penalty),
         ] {
             if !v.is_finite() || !(-2.0..=2.0).contains(&v) {
-                return Err(Error::InvalidRequest(format!("{name} must be in [-2, 2]")));
+                return bad(field, "must be in [-2, 2]");
             }
         }
         Ok(())
+    }
+}
+
+/// A request field with an invalid value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InvalidField {
+    /// The field's name as in the API.
+    pub field: &'static str,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl std::fmt::Display for InvalidField {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.field, self.message)
     }
 }
 
@@ -134,8 +162,8 @@ pub struct TokenLogprob {
 pub struct Sampled {
     /// The chosen token.
     pub id: u32,
-    /// Its log-probability under the model.
-    pub logprob: f32,
+    /// Its log-probability under the model (when asked for).
+    pub logprob: Option<f32>,
     /// The most likely tokens, highest first (empty unless asked for).
     pub top_logprobs: Vec<TokenLogprob>,
 }
@@ -177,34 +205,38 @@ impl Sampler {
     }
 
     /// Picks the next token from `logits` (modified in place by penalties), recording it for
-    /// later penalties. `top_logprobs` asks for that many most likely tokens.
-    pub fn sample(&mut self, logits: &mut [f32], top_logprobs: usize) -> Sampled {
+    /// later penalties. `logprobs` asks for the token's log-probability plus that many most
+    /// likely alternatives; `None` skips the (vocabulary-wide) normalisation.
+    pub fn sample(&mut self, logits: &mut [f32], logprobs: Option<usize>) -> Sampled {
         self.apply_penalties(logits);
-        // log-softmax normaliser of the model distribution.
-        let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let sum: f64 = logits.iter().map(|&l| ((l - max) as f64).exp()).sum();
-        let log_z = max + sum.ln() as f32;
         let id = if self.params.temperature == 0.0 {
             argmax(logits)
         } else {
             self.sample_stochastic(logits)
         };
-        let top = if top_logprobs > 0 {
-            top_n(logits, top_logprobs)
-                .into_iter()
-                .map(|(id, l)| TokenLogprob {
-                    id,
-                    logprob: l - log_z,
-                })
-                .collect()
-        } else {
-            Vec::new()
-        };
         self.record(id);
+        let Some(top_n_wanted) = logprobs else {
+            return Sampled {
+                id,
+                logprob: None,
+                top_logprobs: Vec::new(),
+            };
+        };
+        // log-softmax normaliser of the model distribution.
+        let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let sum: f64 = logits.iter().map(|&l| ((l - max) as f64).exp()).sum();
+        let log_z = max + sum.ln() as f32;
+        let top_logprobs = top_n(logits, top_n_wanted)
+            .into_iter()
+            .map(|(id, l)| TokenLogprob {
+                id,
+                logprob: l - log_z,
+            })
+            .collect();
         Sampled {
             id,
-            logprob: logits[id as usize] - log_z,
-            top_logprobs: top,
+            logprob: Some(logits[id as usize] - log_z),
+            top_logprobs,
         }
     }
 
@@ -348,14 +380,14 @@ mod tests {
     #[test]
     fn greedy_picks_argmax_and_reports_logprobs() {
         let mut s = Sampler::new(SamplingParams::default(), &[]);
-        let out = s.sample(&mut logits(), 3);
+        let out = s.sample(&mut logits(), Some(3));
         assert_eq!(out.id, 1);
         assert_eq!(
             out.top_logprobs.iter().map(|t| t.id).collect::<Vec<_>>(),
             vec![1, 4, 2]
         );
         let z: f32 = logits().iter().map(|l| l.exp()).sum::<f32>().ln();
-        assert!((out.logprob - (3.0 - z)).abs() < 1e-5);
+        assert!((out.logprob.expect("asked") - (3.0 - z)).abs() < 1e-5);
     }
 
     #[test]
@@ -367,7 +399,9 @@ mod tests {
         };
         let run = || {
             let mut s = Sampler::new(params.clone(), &[]);
-            (0..50).map(|_| s.sample(&mut logits(), 0).id).collect::<Vec<_>>()
+            (0..50)
+                .map(|_| s.sample(&mut logits(), None).id)
+                .collect::<Vec<_>>()
         };
         assert_eq!(run(), run());
         assert!(run().iter().collect::<std::collections::HashSet<_>>().len() > 1);
@@ -397,7 +431,7 @@ mod tests {
         ] {
             let mut s = Sampler::new(params.clone(), &[]);
             for _ in 0..200 {
-                let id = s.sample(&mut logits(), 0).id;
+                let id = s.sample(&mut logits(), None).id;
                 assert!(id == 1 || id == 4, "{params:?} gave {id}");
             }
         }
@@ -414,7 +448,9 @@ mod tests {
             &[],
         );
         let l = [0.0f32, (3.0f32).ln()];
-        let ones = (0..4000).filter(|_| s.sample(&mut l.clone(), 0).id == 1).count();
+        let ones = (0..4000)
+            .filter(|_| s.sample(&mut l.clone(), None).id == 1)
+            .count();
         assert!((2800..3200).contains(&ones), "{ones}");
     }
 
@@ -428,11 +464,11 @@ mod tests {
         };
         let mut s = Sampler::new(params, &[0, 5]);
         let mut l = logits();
-        assert_eq!(s.sample(&mut l, 0).id, 1);
+        assert_eq!(s.sample(&mut l, None).id, 1);
         assert_eq!(l[0], 0.5);
         assert_eq!(l[5], -2.0);
         let mut l = logits();
-        s.sample(&mut l, 0);
+        s.sample(&mut l, None);
         // token 1: repetition 3/2 = 1.5, then presence 0.5 + frequency 0.25 * 1.
         assert!((l[1] - 0.75).abs() < 1e-6);
     }

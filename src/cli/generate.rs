@@ -123,7 +123,7 @@ pub(crate) fn run(a: GenerateArgs) -> anyhow::Result<()> {
             stop_token_ids: a.stop_tokens.clone(),
             stop_strings: a.stop.clone(),
         },
-        top_logprobs: if a.json { a.logprobs } else { 0 },
+        logprobs: (a.json && a.logprobs > 0).then_some(a.logprobs),
     };
     let stdout = std::io::stdout();
     let mut out = stdout.lock();

@@ -105,7 +105,7 @@ pub fn greedy(model: &mut LoadedModel, prompt: &[u32], max_tokens: usize) -> Vec
             max_tokens,
             ..Default::default()
         },
-        top_logprobs: 0,
+        logprobs: None,
     };
     let mut got = Vec::new();
     generate(model, &req, &mut |ev| {

@@ -1,0 +1,289 @@
+//! The engine thread: takes submissions, runs scheduler steps on the backend, streams tokens.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use super::scheduler::{Limits, Planned, Scheduler};
+use super::sequence::Sequence;
+use super::{Control, Event, FinishReason, RuntimeConfig, SharedStats};
+use crate::backend::SeqChunk;
+use crate::generate::TokenEvent;
+use crate::kv_cache::BlockAllocator;
+use crate::model::LoadedModel;
+
+/// State owned by the engine thread.
+pub(crate) struct Worker {
+    model: LoadedModel,
+    sched: Scheduler,
+    stats: Arc<SharedStats>,
+    rx: mpsc::Receiver<Control>,
+    logits: Vec<f32>,
+    /// Set once a shutdown was asked for: the instant after which everything is cancelled.
+    shutdown_by: Option<Instant>,
+}
+
+impl Worker {
+    pub(crate) fn new(
+        model: LoadedModel,
+        cfg: RuntimeConfig,
+        num_blocks: usize,
+        stats: Arc<SharedStats>,
+        rx: mpsc::Receiver<Control>,
+    ) -> Self {
+        let limits = Limits {
+            max_batched_tokens: cfg.max_batched_tokens,
+            max_seqs: cfg.max_seqs,
+        };
+        let sched = Scheduler::new(limits, BlockAllocator::new(num_blocks, cfg.block_size));
+        Self {
+            model,
+            sched,
+            stats,
+            rx,
+            logits: Vec::new(),
+            shutdown_by: None,
+        }
+    }
+
+    /// Runs until shut down (or every handle is gone).
+    pub(crate) fn run(mut self) {
+        loop {
+            if !self.take_messages() {
+                break;
+            }
+            if let Some(by) = self.shutdown_by {
+                if self.sched.is_idle() {
+                    break;
+                }
+                if Instant::now() >= by {
+                    self.cancel_all();
+                    break;
+                }
+            }
+            self.reap();
+            if self.sched.is_idle() {
+                continue;
+            }
+            self.step();
+            self.publish();
+        }
+        self.cancel_all();
+        self.publish();
+    }
+
+    /// Takes pending messages; blocks while there is nothing to do. Returns false when all
+    /// handles are gone and no work is left.
+    fn take_messages(&mut self) -> bool {
+        if self.sched.is_idle() && self.shutdown_by.is_none() {
+            match self.rx.recv() {
+                Ok(msg) => self.handle(msg),
+                Err(_) => return false,
+            }
+        }
+        loop {
+            match self.rx.try_recv() {
+                Ok(msg) => self.handle(msg),
+                Err(mpsc::TryRecvError::Empty) => return true,
+                Err(mpsc::TryRecvError::Disconnected) => {
+                    return !self.sched.is_idle() || self.shutdown_by.is_some();
+                }
+            }
+        }
+    }
+
+    fn handle(&mut self, msg: Control) {
+        match msg {
+            Control::Submit(seq) => {
+                self.stats
+                    .prompt_tokens_total
+                    .fetch_add(seq.prompt_len as u64, Ordering::Relaxed);
+                self.sched.waiting.push_back(*seq);
+            }
+            Control::Shutdown { grace } => {
+                let by = Instant::now() + grace;
+                self.shutdown_by = Some(self.shutdown_by.map_or(by, |b| b.min(by)));
+            }
+        }
+    }
+
+    /// Ends cancelled and expired requests and frees their blocks.
+    fn reap(&mut self) {
+        let now = Instant::now();
+        let verdict = |s: &Sequence| {
+            if s.is_cancelled() {
+                Some(FinishReason::Cancelled)
+            } else if s.deadline.is_some_and(|d| now >= d) {
+                Some(FinishReason::DeadlineExceeded)
+            } else {
+                None
+            }
+        };
+        let sched = &mut self.sched;
+        let mut ended = Vec::new();
+        let mut i = 0;
+        while i < sched.running.len() {
+            if let Some(reason) = verdict(&sched.running[i]) {
+                let mut s = sched.running.remove(i);
+                s.table.release(&mut sched.alloc);
+                ended.push((s, reason));
+            } else {
+                i += 1;
+            }
+        }
+        let mut kept = std::collections::VecDeque::with_capacity(sched.waiting.len());
+        let mut removed = 0;
+        for mut s in sched.waiting.drain(..) {
+            match verdict(&s) {
+                Some(reason) => {
+                    s.table.release(&mut sched.alloc);
+                    ended.push((s, reason));
+                    removed += 1;
+                }
+                None => kept.push_back(s),
+            }
+        }
+        sched.waiting = kept;
+        if ended.is_empty() {
+            return;
+        }
+        self.stats.queued.fetch_sub(removed, Ordering::AcqRel);
+        self.publish();
+        for (s, reason) in ended {
+            s.finish(reason, None);
+        }
+    }
+
+    fn cancel_all(&mut self) {
+        let sched = &mut self.sched;
+        for mut s in sched.running.drain(..) {
+            s.table.release(&mut sched.alloc);
+            s.finish(FinishReason::Cancelled, None);
+        }
+        let n = sched.waiting.len();
+        for mut s in sched.waiting.drain(..) {
+            s.table.release(&mut sched.alloc);
+            s.finish(FinishReason::Cancelled, None);
+        }
+        self.stats.queued.fetch_sub(n, Ordering::AcqRel);
+    }
+
+    /// One scheduler step: plan, forward, sample, stream, retire.
+    fn step(&mut self) {
+        let waiting_before = self.sched.waiting.len();
+        let preempted_before = self.sched.preemptions;
+        let plan = self.sched.schedule();
+        // Admitted sequences leave the queue; preempted ones re-enter it.
+        let admitted = (waiting_before + (self.sched.preemptions - preempted_before) as usize)
+            .saturating_sub(self.sched.waiting.len());
+        let requeued = self.sched.preemptions - preempted_before;
+        self.stats.queued.fetch_add(requeued as usize, Ordering::AcqRel);
+        self.stats.queued.fetch_sub(admitted, Ordering::AcqRel);
+        self.stats
+            .preemptions_total
+            .fetch_add(requeued, Ordering::Relaxed);
+        if plan.is_empty() {
+            // Nothing fits right now (cannot happen with a correctly sized cache); avoid spinning.
+            std::thread::sleep(Duration::from_millis(1));
+            return;
+        }
+        let result = {
+            let running = &self.sched.running;
+            let batch: Vec<SeqChunk<'_>> = plan
+                .iter()
+                .map(|p| {
+                    let s = &running[p.index];
+                    SeqChunk {
+                        tokens: &s.tokens[s.computed..s.computed + p.n],
+                        start_pos: s.computed,
+                        block_table: s.table.blocks(),
+                        want_logits: s.computed + p.n == s.tokens.len(),
+                    }
+                })
+                .collect();
+            self.model.backend.forward(&batch, &mut self.logits)
+        };
+        self.stats.steps_total.fetch_add(1, Ordering::Relaxed);
+        if let Err(e) = result {
+            tracing::error!(error = %e, "forward step failed; failing the batch");
+            let msg = e.to_string();
+            self.retire(&plan, |_| Some((FinishReason::Error, Some(msg.clone()))));
+            return;
+        }
+        let vocab = self.model.config.vocab_size;
+        let mut row = 0;
+        let mut finished: Vec<Option<(FinishReason, Option<String>)>> = vec![None; plan.len()];
+        for (k, p) in plan.iter().enumerate() {
+            let s = &mut self.sched.running[p.index];
+            s.computed += p.n;
+            if s.computed < s.tokens.len() {
+                continue;
+            }
+            let logits = &mut self.logits[row * vocab..(row + 1) * vocab];
+            row += 1;
+            let sampled = s.sampler.sample(logits, s.logprobs);
+            let now = Instant::now();
+            s.first_token_at.get_or_insert(now);
+            s.last_token_at = Some(now);
+            s.tokens.push(sampled.id);
+            self.stats.generated_tokens_total.fetch_add(1, Ordering::Relaxed);
+            let (text, mut reason) = match s.output.push(&self.model.tokenizer, sampled.id) {
+                Ok(d) => (d.text, d.finished.map(|r| (r, None))),
+                Err(e) => (String::new(), Some((FinishReason::Error, Some(e.to_string())))),
+            };
+            if reason.is_none() && s.tokens.len() >= s.max_total {
+                reason = Some((FinishReason::Length, None));
+            }
+            let mut text = text;
+            if reason.as_ref().is_some_and(|(r, _)| *r == FinishReason::Length)
+                && let Ok(rest) = s.output.finish(&self.model.tokenizer)
+            {
+                text.push_str(&rest);
+            }
+            s.send(Event::Token(TokenEvent {
+                id: sampled.id,
+                text,
+                logprob: sampled.logprob,
+                top_logprobs: sampled.top_logprobs,
+            }));
+            finished[k] = reason;
+        }
+        self.retire(&plan, |k| finished[k].take());
+    }
+
+    /// Removes the planned sequences for which `verdict` returns a reason, sending their end.
+    fn retire(
+        &mut self,
+        plan: &[Planned],
+        mut verdict: impl FnMut(usize) -> Option<(FinishReason, Option<String>)>,
+    ) {
+        let mut done: Vec<(usize, FinishReason, Option<String>)> = plan
+            .iter()
+            .enumerate()
+            .filter_map(|(k, p)| verdict(k).map(|(r, e)| (p.index, r, e)))
+            .collect();
+        // Remove from the back so earlier indices stay valid.
+        done.sort_by_key(|d| std::cmp::Reverse(d.0));
+        let mut ended = Vec::with_capacity(done.len());
+        for (index, reason, error) in done {
+            let mut s = self.sched.running.remove(index);
+            s.table.release(&mut self.sched.alloc);
+            ended.push((s, reason, error));
+        }
+        // Publish before telling the clients, so a client that saw its end sees the freed blocks.
+        self.publish();
+        for (s, reason, error) in ended {
+            s.finish(reason, error);
+        }
+    }
+
+    fn publish(&self) {
+        self.stats
+            .running
+            .store(self.sched.running.len(), Ordering::Relaxed);
+        self.stats
+            .kv_blocks_used
+            .store(self.sched.blocks_used(), Ordering::Relaxed);
+    }
+}
