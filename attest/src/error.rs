@@ -41,6 +41,10 @@ pub enum Error {
     /// Collateral is missing, expired, or does not cover the evidence.
     #[error("collateral: {0}")]
     Collateral(String),
+    /// A TDX quote's QE report does not commit to its attestation key and QE authentication
+    /// data (QE REPORTDATA != SHA-256(attestation key || QE auth data) || 0^32).
+    #[error("QE report binding: {0}")]
+    QeReportBinding(String),
 }
 
 /// Result alias for the attestation crate.
@@ -49,6 +53,9 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 impl Error {
     /// Shorthand for a malformed-input error.
     pub fn malformed(format: &'static str, reason: impl Into<String>) -> Self {
-        Self::Malformed { format, reason: reason.into() }
+        Self::Malformed {
+            format,
+            reason: reason.into(),
+        }
     }
 }
