@@ -1,4 +1,4 @@
-//! Compiles `veil/v1/inference.proto` with the pure-Rust `protox` (no `protoc` needed) and
+//! Compiles `veil/v1/inference.proto` and `veil/v1/attestation.proto` with the pure-Rust `protox` (no `protoc` needed) and
 //! generates messages, client and server with `tonic-prost-build`. The encoded file descriptor
 //! set is written to `OUT_DIR/veil_descriptor.bin` for gRPC reflection.
 
@@ -7,10 +7,12 @@ use std::path::PathBuf;
 use prost::Message;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let proto = "veil/v1/inference.proto";
-    println!("cargo:rerun-if-changed={proto}");
+    let protos = ["veil/v1/inference.proto", "veil/v1/attestation.proto"];
+    for proto in protos {
+        println!("cargo:rerun-if-changed={proto}");
+    }
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
-    let fds = protox::compile([proto], ["."])?;
+    let fds = protox::compile(protos, ["."])?;
     std::fs::write(out_dir.join("veil_descriptor.bin"), fds.encode_to_vec())?;
     tonic_prost_build::configure()
         .build_client(true)

@@ -38,6 +38,19 @@ pub enum Error {
     /// A measurement or version is not allowed by policy.
     #[error("policy violation: {0}")]
     Policy(String),
+    /// GPU evidence was made for other claims or another request (its nonce is not the
+    /// bundle's `gpu_nonce`).
+    #[error("claims mismatch: {0}")]
+    ClaimsMismatch(String),
+    /// The bundle's model digest is not one the policy accepts.
+    #[error("model not accepted: {0}")]
+    ModelNotAccepted(String),
+    /// The bundle is older than the policy allows (or from the future).
+    #[error("expired: {0}")]
+    Expired(String),
+    /// The bundle carries simulated evidence and the policy does not allow it.
+    #[error("simulated evidence not allowed: {0}")]
+    SimulatedNotAllowed(String),
     /// Collateral is missing, expired, or does not cover the evidence.
     #[error("collateral: {0}")]
     Collateral(String),
@@ -45,6 +58,14 @@ pub enum Error {
     /// data (QE REPORTDATA != SHA-256(attestation key || QE auth data) || 0^32).
     #[error("QE report binding: {0}")]
     QeReportBinding(String),
+    /// The hardware or interface needed to collect evidence is absent on this machine (no NVIDIA
+    /// driver or GPU, no configfs-tsm, no TEE provider, a GPU without confidential computing).
+    #[error("not available on this machine: {0}")]
+    NotAvailable(String),
+    /// Collecting evidence failed on a machine that has the hardware (a driver or kernel error,
+    /// an I/O error, a concurrent writer to the same configfs-tsm entry).
+    #[error("evidence collection failed: {0}")]
+    Collect(String),
 }
 
 /// Result alias for the attestation crate.

@@ -8,12 +8,20 @@
 //!   status from collateral.
 //! - [`snp`]: AMD SEV-SNP reports (v2, v3, v5), VCEK <- ASK <- ARK to the pinned AMD roots.
 //! - [`x509`]: certificate-chain checking shared by the three.
+//! - [`collect`]: evidence collectors, NVML for GPUs and configfs-tsm for TDX/SNP guests, each
+//!   saying [`Error::NotAvailable`] where the hardware is absent.
+//! - [`simulated`]: evidence in the same formats signed by keys made at start-up, for machines
+//!   without a GPU or TEE; verified only when policy allows it, and NOT confidential.
 //!
 //! Every parser takes hostile bytes: lengths and offsets are checked before use, and bad input
 //! is an [`Error`], never a panic.
 
+mod certgen;
+pub mod collect;
 pub mod error;
+pub mod evidence;
 pub mod nvidia;
+pub mod simulated;
 pub mod snp;
 pub mod tdx;
 pub mod x509;

@@ -26,6 +26,9 @@ pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("veil
 /// The `veil/v1/inference.proto` source, for tools and clients that generate stubs at run time.
 pub const INFERENCE_PROTO: &str = include_str!("../veil/v1/inference.proto");
 
+/// The `veil/v1/attestation.proto` source: the composite quote (`AttestationBundle`).
+pub const ATTESTATION_PROTO: &str = include_str!("../veil/v1/attestation.proto");
+
 /// The full gRPC name of the inference service.
 pub const INFERENCE_SERVICE: &str = "veil.v1.Inference";
 

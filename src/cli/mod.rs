@@ -1,7 +1,10 @@
 //! Command-line definitions and dispatch.
 
+mod bench;
+mod chat;
 mod generate;
 mod model;
+mod serve;
 mod tokenize;
 
 use clap::{Parser, Subcommand};
@@ -23,6 +26,19 @@ enum Command {
     /// Manage models: pull, import, list.
     #[command(subcommand)]
     Model(model::ModelCommand),
+    /// Serve the gRPC API (veil.v1.Inference) with health, reflection and metrics.
+    Serve(serve::ServeArgs),
+    /// Load-test a running server: throughput and latency percentiles.
+    Bench(bench::BenchArgs),
+    /// Chat with a running server in the terminal (reads stdin line by line).
+    Chat(chat::ChatArgs),
+}
+
+impl Cli {
+    /// Whether the command is a long-running server (logs at info level by default).
+    pub(crate) fn is_server(&self) -> bool {
+        matches!(self.command, Command::Serve(_))
+    }
 }
 
 /// Runs the parsed command.
@@ -31,5 +47,8 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Generate(a) => generate::run(a),
         Command::Tokenize(a) => tokenize::run(a),
         Command::Model(c) => model::run(c),
+        Command::Serve(a) => serve::run(a),
+        Command::Bench(a) => bench::run(a),
+        Command::Chat(a) => chat::run(a),
     }
 }

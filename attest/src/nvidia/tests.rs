@@ -1,14 +1,12 @@
 //! Tests of the NVIDIA report parser and verifier on the real evidence in `testdata/nvidia/`
 //! (facts from `testdata/facts.json`), tampered copies, a golden SDK parse, and reports re-signed
-//! by a locally made P-384 chain.
+//! by a locally made P-384 chain ([`crate::certgen`]).
 #![allow(clippy::unwrap_used)]
 
 use super::*;
+use crate::certgen;
 use der::Encode;
 use p384::ecdsa::SigningKey;
-use p384::ecdsa::signature::Signer;
-use x509_cert::ext::Extension;
-use x509_cert::spki::{AlgorithmIdentifierOwned, SubjectPublicKeyInfoOwned};
 
 fn data(path: &str) -> Vec<u8> {
     std::fs::read(format!("{}/testdata/{path}", env!("CARGO_MANIFEST_DIR"))).unwrap()
@@ -338,12 +336,7 @@ fn find(hay: &[u8], needle: &[u8]) -> usize {
 }
 
 fn to_pem(certs: &[Certificate]) -> Vec<u8> {
-    use der::EncodePem;
-    certs
-        .iter()
-        .map(|c| c.to_pem(der::pem::LineEnding::LF).unwrap())
-        .collect::<String>()
-        .into_bytes()
+    certgen::to_pem(certs).unwrap()
 }
 
 #[test]
@@ -455,17 +448,7 @@ fn key(seed: u8) -> SigningKey {
     SigningKey::from_slice(&[seed; 48]).unwrap()
 }
 
-fn spki(k: &SigningKey) -> SubjectPublicKeyInfoOwned {
-    let point = k.verifying_key().to_encoded_point(false);
-    SubjectPublicKeyInfoOwned {
-        algorithm: AlgorithmIdentifierOwned {
-            oid: x509::oids::EC_PUBLIC_KEY,
-            parameters: Some(der::Any::encode_from(&x509::oids::SECP384R1).unwrap()),
-        },
-        subject_public_key: der::asn1::BitString::from_bytes(point.as_bytes()).unwrap(),
-    }
-}
-
+/// A certificate from [`crate::certgen`], valid 2020-09-13..2096-10-02.
 fn make_cert(
     serial: u8,
     subject: &str,
@@ -475,75 +458,16 @@ fn make_cert(
     ca: bool,
     fwid: Option<&[u8]>,
 ) -> Certificate {
-    use std::str::FromStr;
-    use x509_cert::ext::pkix::BasicConstraints;
-    use x509_cert::name::Name;
-    use x509_cert::serial_number::SerialNumber;
-    use x509_cert::time::{Time, Validity};
-    let bc = BasicConstraints {
+    let spec = certgen::CertSpec {
+        serial: &[serial],
+        subject,
+        issuer,
         ca,
-        path_len_constraint: None,
+        fwid,
+        not_before: 1_600_000_000,
+        not_after: 4_000_000_000,
     };
-    let mut exts = vec![Extension {
-        extn_id: x509::oids::BASIC_CONSTRAINTS,
-        critical: true,
-        extn_value: der::asn1::OctetString::new(bc.to_der().unwrap()).unwrap(),
-    }];
-    if let Some(fwid) = fwid {
-        // Composite device identifier form, as on NVIDIA leaves: SEQUENCE { 1, SPKI, FWID }.
-        let fwid_seq = der::asn1::OctetStringRef::new(fwid).unwrap();
-        let inner = (x509::oids::SHA384, fwid_seq);
-        let mut body = 1u8.to_der().unwrap();
-        body.extend(spki(subject_key).to_der().unwrap());
-        let mut fw = x509::oids::SHA384.to_der().unwrap();
-        fw.extend(inner.1.to_der().unwrap());
-        body.extend(
-            der::asn1::AnyRef::new(der::Tag::Sequence, &fw)
-                .unwrap()
-                .to_der()
-                .unwrap(),
-        );
-        let value = der::asn1::AnyRef::new(der::Tag::Sequence, &body)
-            .unwrap()
-            .to_der()
-            .unwrap();
-        exts.push(Extension {
-            extn_id: x509::oids::TCG_DICE_TCB_INFO,
-            critical: false,
-            extn_value: der::asn1::OctetString::new(value).unwrap(),
-        });
-    }
-    let alg = AlgorithmIdentifierOwned {
-        oid: x509::oids::ECDSA_WITH_SHA384,
-        parameters: None,
-    };
-    let tbs = x509_cert::TbsCertificate {
-        version: x509_cert::Version::V3,
-        serial_number: SerialNumber::new(&[serial]).unwrap(),
-        signature: alg.clone(),
-        issuer: Name::from_str(issuer).unwrap(),
-        validity: Validity {
-            not_before: Time::UtcTime(
-                der::asn1::UtcTime::from_unix_duration(std::time::Duration::from_secs(1_600_000_000))
-                    .unwrap(),
-            ),
-            not_after: Time::GeneralTime(
-                der::asn1::GeneralizedTime::from_unix_duration(std::time::Duration::from_secs(4_000_000_000))
-                    .unwrap(),
-            ),
-        },
-        subject: Name::from_str(subject).unwrap(),
-        subject_public_key_info: spki(subject_key),
-        issuer_unique_id: None,
-        subject_unique_id: None,
-        extensions: Some(exts),
-    };
-    let sig: p384::ecdsa::Signature = issuer_key.sign(&tbs.to_der().unwrap());
-    Certificate {
-        tbs_certificate: tbs,
-        signature_algorithm: alg,
-        signature: der::asn1::BitString::from_bytes(sig.to_der().as_bytes()).unwrap(),
-    }
+    certgen::p384_cert(&spec, subject_key.verifying_key(), issuer_key).unwrap()
 }
 
 struct LocalChain {
@@ -595,8 +519,8 @@ fn resign(report: &[u8], nonce: &[u8; 32], fwid: &[u8], key: &SigningKey) -> Vec
     signed[4..36].copy_from_slice(nonce);
     let at = find(&signed, r.opaque.fwid().unwrap());
     signed[at..at + 48].copy_from_slice(fwid);
-    let sig: p384::ecdsa::Signature = key.sign(&signed);
-    signed.extend_from_slice(&sig.to_bytes());
+    let sig = certgen::sign_raw(key, &signed).unwrap();
+    signed.extend_from_slice(&sig);
     signed
 }
 

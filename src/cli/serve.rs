@@ -1,0 +1,122 @@
+//! `veil serve`: load a model, start the engine runtime and serve the gRPC API.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use veil_engine::backend::DType;
+use veil_engine::model::{LoadOptions, LoadedModel};
+use veil_engine::runtime::{RuntimeConfig, RuntimeHandle};
+
+use super::model::{ModelArg, resolve_model};
+use crate::server::{Limits, ServerConfig};
+
+/// Arguments of `veil serve`.
+#[derive(Debug, Args)]
+pub(crate) struct ServeArgs {
+    /// gRPC address to listen on (port 0 picks a free port; the address is printed).
+    #[arg(long, default_value = "127.0.0.1:50051", env = "VEIL_LISTEN")]
+    listen: SocketAddr,
+    /// Serve Prometheus metrics over HTTP at ADDR/metrics.
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<SocketAddr>,
+    /// Weight precision in memory.
+    #[arg(long, default_value = "bf16")]
+    dtype: DType,
+    /// Compute threads (default: all cores, or VEIL_THREADS).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Tokens one engine step processes across all sequences [default: 512].
+    #[arg(long)]
+    max_batched_tokens: Option<usize>,
+    /// Sequences generated at once [default: 64].
+    #[arg(long)]
+    max_seqs: Option<usize>,
+    /// KV-cache memory budget in MiB [default: 1024].
+    #[arg(long)]
+    kv_cache_mb: Option<usize>,
+    /// Requests that may wait for admission; more get RESOURCE_EXHAUSTED [default: 256].
+    #[arg(long)]
+    max_queue: Option<usize>,
+    /// Largest request message in bytes (larger ones get OUT_OF_RANGE).
+    #[arg(long, default_value_t = 8 << 20)]
+    max_request_bytes: usize,
+    /// Most items of one GenerateBatch call.
+    #[arg(long, default_value_t = 4096)]
+    max_batch_items: usize,
+    /// Seconds in-flight generations may run on after SIGINT/SIGTERM before they are cancelled.
+    #[arg(long, default_value_t = 30.0, value_name = "SECS")]
+    shutdown_grace: f64,
+    #[command(flatten)]
+    model: ModelArg,
+}
+
+/// The name the server reports for `--model ARG` resolved to `dir`.
+fn model_name(arg: &str, dir: &Path) -> String {
+    if Path::new(arg).is_dir() {
+        dir.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| arg.to_owned())
+    } else {
+        arg.to_owned()
+    }
+}
+
+pub(crate) fn run(a: ServeArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        a.shutdown_grace.is_finite() && a.shutdown_grace >= 0.0,
+        "--shutdown-grace must be a non-negative number of seconds"
+    );
+    anyhow::ensure!(a.max_batch_items > 0, "--max-batch-items must be at least 1");
+    let dir = resolve_model(&a.model.model)?;
+    let mut opts = LoadOptions {
+        dtype: a.dtype,
+        ..LoadOptions::default()
+    };
+    if let Some(t) = a.threads {
+        opts.threads = t;
+    }
+    let load_start = std::time::Instant::now();
+    let model = LoadedModel::load(&dir, &opts, &mut |_, _| {})
+        .with_context(|| format!("loading {}", dir.display()))?;
+    eprintln!(
+        "loaded {} ({}, {} weights, {} threads, digest {}) in {:.2}s",
+        dir.display(),
+        model.backend.name(),
+        model.backend.dtype().name(),
+        opts.threads,
+        model.digest,
+        load_start.elapsed().as_secs_f64()
+    );
+    let defaults = RuntimeConfig::default();
+    let cfg = RuntimeConfig {
+        max_batched_tokens: a.max_batched_tokens.unwrap_or(defaults.max_batched_tokens),
+        max_seqs: a.max_seqs.unwrap_or(defaults.max_seqs),
+        kv_cache_bytes: a.kv_cache_mb.map_or(defaults.kv_cache_bytes, |mb| mb << 20),
+        max_queue: a.max_queue.unwrap_or(defaults.max_queue),
+        ..defaults
+    };
+    let handle = RuntimeHandle::start(model, model_name(&a.model.model, &dir), cfg)
+        .context("starting the engine runtime")?;
+    let server_cfg = ServerConfig {
+        listen: a.listen,
+        metrics_listen: a.metrics_listen,
+        limits: Limits {
+            max_request_bytes: a.max_request_bytes,
+            max_batch_items: a.max_batch_items,
+        },
+        shutdown_grace: Duration::from_secs_f64(a.shutdown_grace),
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("veil-server")
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let result = rt.block_on(crate::server::serve(handle.clone(), server_cfg));
+    // Make sure the engine thread is gone even when serving failed.
+    handle.shutdown(Duration::ZERO);
+    result
+}

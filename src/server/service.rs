@@ -1,0 +1,435 @@
+//! The `veil.v1.Inference` service: submits requests to the engine runtime and streams its
+//! events back.
+//!
+//! Each call's engine [`RequestStream`] is owned by a forwarding task; when the client cancels
+//! or disconnects, the task notices (the response channel closes), drops the stream, and the
+//! engine frees the sequence's KV blocks at its next step. Deadlines (`grpc-timeout`) go to the
+//! engine with the request and are also enforced here: when one passes, the call ends with
+//! status DEADLINE_EXCEEDED.
+//!
+//! Logs carry request ids, token counts, timings and finish reasons, never text or token ids.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+use veil_engine::runtime::{self, Event, FinishReason, RequestStream, RuntimeHandle, SubmitError};
+use veil_proto::v1;
+
+use super::convert::{self, InputKind, Site};
+use super::metrics::Metrics;
+
+/// Messages buffered per call between the forwarding task and the transport.
+const CHANNEL_DEPTH: usize = 64;
+/// How long a batch waits before retrying when the queue is full of other callers' requests.
+const QUEUE_RETRY: Duration = Duration::from_millis(50);
+
+/// Server limits beyond the engine's.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Limits {
+    /// The largest request message accepted by the transport.
+    pub(crate) max_request_bytes: usize,
+    /// The most items in one `GenerateBatch` call.
+    pub(crate) max_batch_items: usize,
+}
+
+/// The gRPC service.
+#[derive(Debug)]
+pub(crate) struct InferenceService {
+    handle: RuntimeHandle,
+    metrics: Arc<Metrics>,
+    limits: Limits,
+    next_id: AtomicU64,
+}
+
+impl InferenceService {
+    /// A service over a started runtime.
+    pub(crate) fn new(handle: RuntimeHandle, metrics: Arc<Metrics>, limits: Limits) -> Self {
+        Self {
+            handle,
+            metrics,
+            limits,
+            next_id: AtomicU64::new(1),
+        }
+    }
+
+    /// Submits on a blocking thread (validation tokenizes the input).
+    async fn submit(&self, req: runtime::Request) -> Result<RequestStream, SubmitError> {
+        submit(self.handle.clone(), req).await
+    }
+}
+
+/// Submits on a blocking thread (validation tokenizes the input, which may take a while).
+async fn submit(handle: RuntimeHandle, req: runtime::Request) -> Result<RequestStream, SubmitError> {
+    match tokio::task::spawn_blocking(move || handle.submit(req)).await {
+        Ok(r) => r,
+        // The blocking pool only fails to run the closure while the runtime shuts down.
+        Err(_) => Err(SubmitError::ShuttingDown),
+    }
+}
+
+/// Why a submission was refused, for logs: the field's name, never its value (error messages
+/// may quote what the client sent).
+fn refusal(e: &SubmitError) -> &'static str {
+    match e {
+        SubmitError::Invalid { field, .. } | SubmitError::TooLarge { field, .. } => field,
+        SubmitError::QueueFull(_) => "queue full",
+        SubmitError::ShuttingDown => "shutting down",
+    }
+}
+
+/// A far-away instant standing in for "no deadline".
+fn far_future() -> Instant {
+    Instant::now() + Duration::from_secs(365 * 24 * 3600)
+}
+
+/// The status of a call whose deadline passed.
+fn deadline_status() -> Status {
+    Status::deadline_exceeded("the call's deadline passed before generation finished")
+}
+
+#[tonic::async_trait]
+impl v1::inference_server::Inference for InferenceService {
+    type GenerateStream = ReceiverStream<Result<v1::GenerateResponse, Status>>;
+    type GenerateBatchStream = ReceiverStream<Result<v1::GenerateBatchResponse, Status>>;
+
+    async fn generate(
+        &self,
+        request: Request<v1::GenerateRequest>,
+    ) -> Result<Response<Self::GenerateStream>, Status> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let timeout = convert::grpc_timeout(request.metadata());
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let req = request.into_inner();
+        let params = req.params.unwrap_or_default();
+        let ctx = self.handle.model_info().context_length;
+        let conv = convert::to_engine(
+            req.input.as_ref(),
+            &params,
+            Site::Single,
+            ctx,
+            deadline.map(Instant::into_std),
+        )
+        .inspect_err(|_| self.metrics.record_rejected("invalid_argument"))?;
+        let kind = conv.kind;
+        let stream = match self.submit(conv.request).await {
+            Ok(s) => s,
+            Err(e) => {
+                self.metrics.record_rejected(convert::submit_error_code(&e));
+                tracing::info!(id, input = kind.name(), reason = refusal(&e), "generate refused");
+                return Err(convert::submit_error(&e, kind, Site::Single));
+            }
+        };
+        tracing::debug!(
+            id,
+            input = kind.name(),
+            timeout_ms = timeout.map(|t| t.as_millis() as u64),
+            "generate admitted"
+        );
+        let (tx, rx) = mpsc::channel(CHANNEL_DEPTH);
+        tokio::spawn(forward_generate(
+            id,
+            kind,
+            stream,
+            tx,
+            deadline,
+            self.metrics.clone(),
+        ));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn generate_batch(
+        &self,
+        request: Request<v1::GenerateBatchRequest>,
+    ) -> Result<Response<Self::GenerateBatchStream>, Status> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let timeout = convert::grpc_timeout(request.metadata());
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let req = request.into_inner();
+        let reject = |s: Status| {
+            self.metrics.record_rejected("invalid_argument");
+            s
+        };
+        if req.items.is_empty() {
+            return Err(reject(convert::invalid("items", "is empty")));
+        }
+        if req.items.len() > self.limits.max_batch_items {
+            return Err(reject(convert::invalid(
+                "items",
+                format!(
+                    "{} items; at most {} per call",
+                    req.items.len(),
+                    self.limits.max_batch_items
+                ),
+            )));
+        }
+        let ctx = self.handle.model_info().context_length;
+        let mut items = Vec::with_capacity(req.items.len());
+        for (index, item) in req.items.iter().enumerate() {
+            let params = convert::merge_params(req.params.as_ref(), item.params.as_ref());
+            let site = Site::BatchItem {
+                index,
+                item_params: item.params.as_ref(),
+            };
+            let conv = convert::to_engine(
+                item.input.as_ref(),
+                &params,
+                site,
+                ctx,
+                deadline.map(Instant::into_std),
+            )
+            .map_err(reject)?;
+            items.push(BatchItem {
+                conv,
+                item_params: item.params.clone(),
+            });
+        }
+        tracing::debug!(id, items = items.len(), "generate_batch accepted");
+        let (tx, rx) = mpsc::channel(CHANNEL_DEPTH);
+        tokio::spawn(run_batch(
+            id,
+            items,
+            self.handle.clone(),
+            tx,
+            deadline,
+            self.metrics.clone(),
+        ));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn model_info(
+        &self,
+        _request: Request<v1::ModelInfoRequest>,
+    ) -> Result<Response<v1::ModelInfoResponse>, Status> {
+        let i = self.handle.model_info();
+        let n = convert::saturate;
+        Ok(Response::new(v1::ModelInfoResponse {
+            name: i.name.clone(),
+            architecture: i.architecture.clone(),
+            digest: i.digest.clone(),
+            context_length: n(i.context_length),
+            vocab_size: n(i.vocab_size),
+            dtype: i.dtype.clone(),
+            backend: i.backend.clone(),
+            limits: Some(v1::Limits {
+                max_tokens: n(i.context_length),
+                max_batched_tokens: n(i.max_batched_tokens),
+                max_seqs: n(i.max_seqs),
+                max_queue: n(i.max_queue),
+                kv_cache_blocks: n(i.kv_cache_blocks),
+                block_size: n(i.block_size),
+                max_request_bytes: n(self.limits.max_request_bytes),
+                max_batch_items: n(self.limits.max_batch_items),
+            }),
+            server_version: env!("CARGO_PKG_VERSION").to_owned(),
+            eos_token_ids: i.eos_token_ids.clone(),
+        }))
+    }
+}
+
+/// Logs a finished generation (counts and timings only) and records its metrics.
+fn log_finished(id: u64, item: Option<usize>, kind: InputKind, f: &runtime::Finished, metrics: &Metrics) {
+    metrics.record_finished(f.reason, Some(&f.usage));
+    let ms = |d: Option<Duration>| d.map(|d| d.as_secs_f64() * 1e3);
+    tracing::info!(
+        id,
+        item,
+        input = kind.name(),
+        reason = f.reason.name(),
+        prompt_tokens = f.usage.prompt_tokens,
+        completion_tokens = f.usage.completion_tokens,
+        ttft_ms = ms(f.usage.time_to_first_token),
+        tpot_ms = ms(f.usage.time_per_output_token),
+        error = f.error.as_deref(),
+        "generation finished"
+    );
+}
+
+/// Streams one request's events to the client until it finishes, the client goes away or the
+/// deadline passes.
+async fn forward_generate(
+    id: u64,
+    kind: InputKind,
+    mut stream: RequestStream,
+    tx: mpsc::Sender<Result<v1::GenerateResponse, Status>>,
+    deadline: Option<Instant>,
+    metrics: Arc<Metrics>,
+) {
+    let timer = tokio::time::sleep_until(deadline.unwrap_or_else(far_future));
+    tokio::pin!(timer);
+    loop {
+        let event = tokio::select! {
+            biased;
+            () = tx.closed() => {
+                // Dropping `stream` (on return) cancels the sequence in the engine.
+                metrics.record_finished(FinishReason::Cancelled, None);
+                tracing::info!(id, input = kind.name(), "client went away; generation cancelled");
+                return;
+            }
+            () = &mut timer => {
+                metrics.record_finished(FinishReason::DeadlineExceeded, None);
+                tracing::info!(id, input = kind.name(), "deadline passed; generation stopped");
+                let _ = tx.send(Err(deadline_status())).await;
+                return;
+            }
+            ev = stream.recv() => ev,
+        };
+        match event {
+            Some(Event::Token(t)) => {
+                if tx.send(Ok(convert::delta(t))).await.is_err() {
+                    metrics.record_finished(FinishReason::Cancelled, None);
+                    tracing::info!(id, input = kind.name(), "client went away; generation cancelled");
+                    return;
+                }
+            }
+            Some(Event::Finished(f)) => {
+                log_finished(id, None, kind, &f, &metrics);
+                let msg = if f.reason == FinishReason::DeadlineExceeded {
+                    Err(deadline_status())
+                } else {
+                    Ok(v1::GenerateResponse {
+                        event: Some(v1::generate_response::Event::Finished(convert::finished(&f))),
+                    })
+                };
+                let _ = tx.send(msg).await;
+                return;
+            }
+            None => {
+                metrics.record_finished(FinishReason::Error, None);
+                tracing::error!(id, "the engine dropped a request without finishing it");
+                let _ = tx
+                    .send(Err(Status::internal("the engine stopped unexpectedly")))
+                    .await;
+                return;
+            }
+        }
+    }
+}
+
+/// One converted batch item.
+#[derive(Debug)]
+struct BatchItem {
+    conv: convert::Converted,
+    /// The item's own parameters, to name fields in errors.
+    item_params: Option<v1::GenerationParams>,
+}
+
+/// Runs a batch: submits the items in order as the queue admits them, collects each item's
+/// events in its own task and sends every item's result as soon as it finishes.
+async fn run_batch(
+    id: u64,
+    items: Vec<BatchItem>,
+    handle: RuntimeHandle,
+    tx: mpsc::Sender<Result<v1::GenerateBatchResponse, Status>>,
+    deadline: Option<Instant>,
+    metrics: Arc<Metrics>,
+) {
+    let total = items.len();
+    let timer = tokio::time::sleep_until(deadline.unwrap_or_else(far_future));
+    tokio::pin!(timer);
+    // Dropping the set (on return) aborts the collectors, whose dropped streams cancel the rest.
+    let mut running: JoinSet<(usize, InputKind, runtime::Finished, v1::GenerateBatchResponse)> =
+        JoinSet::new();
+    let mut pending = items.into_iter().enumerate().peekable();
+    // At most as many items in the engine at once as it runs sequences: enough to keep it busy,
+    // while leaving the admission queue to other callers.
+    let window = handle.model_info().max_seqs.max(1);
+    let mut sent = 0;
+    while sent < total {
+        // Submit what the queue takes.
+        while let Some((index, item)) = pending.peek().filter(|_| running.len() < window) {
+            let kind = item.conv.kind;
+            match submit(handle.clone(), item.conv.request.clone()).await {
+                Ok(stream) => {
+                    let index = *index;
+                    running.spawn(collect_item(index, kind, stream));
+                    pending.next();
+                }
+                Err(SubmitError::QueueFull(_)) => break,
+                Err(e) => {
+                    metrics.record_rejected(convert::submit_error_code(&e));
+                    tracing::info!(
+                        id,
+                        item = index,
+                        reason = refusal(&e),
+                        "generate_batch item refused"
+                    );
+                    let site = Site::BatchItem {
+                        index: *index,
+                        item_params: item.item_params.as_ref(),
+                    };
+                    let _ = tx.send(Err(convert::submit_error(&e, kind, site))).await;
+                    return;
+                }
+            }
+        }
+        tokio::select! {
+            biased;
+            () = tx.closed() => {
+                tracing::info!(id, done = sent, total, "client went away; batch cancelled");
+                return;
+            }
+            () = &mut timer => {
+                tracing::info!(id, done = sent, total, "deadline passed; batch stopped");
+                let _ = tx.send(Err(deadline_status())).await;
+                return;
+            }
+            joined = running.join_next(), if !running.is_empty() => {
+                let Some(joined) = joined else { continue };
+                let Ok((index, kind, finished, resp)) = joined else {
+                    let _ = tx.send(Err(Status::internal("a batch item failed"))).await;
+                    return;
+                };
+                if finished.reason == FinishReason::DeadlineExceeded {
+                    let _ = tx.send(Err(deadline_status())).await;
+                    return;
+                }
+                log_finished(id, Some(index), kind, &finished, &metrics);
+                if tx.send(Ok(resp)).await.is_err() {
+                    return;
+                }
+                sent += 1;
+            }
+            // The queue is full of other callers' requests: try again shortly.
+            () = tokio::time::sleep(QUEUE_RETRY), if running.is_empty() => {}
+        }
+    }
+}
+
+/// Collects one batch item's events into its result.
+async fn collect_item(
+    index: usize,
+    kind: InputKind,
+    mut stream: RequestStream,
+) -> (usize, InputKind, runtime::Finished, v1::GenerateBatchResponse) {
+    let mut text = String::new();
+    let mut tokens = Vec::new();
+    let finished = loop {
+        match stream.recv().await {
+            Some(Event::Token(t)) => {
+                tokens.push(convert::token(&t));
+                text.push_str(&t.text);
+            }
+            Some(Event::Finished(f)) => break f,
+            None => {
+                break runtime::Finished {
+                    reason: FinishReason::Error,
+                    error: Some("the engine stopped unexpectedly".into()),
+                    usage: runtime::Usage::default(),
+                };
+            }
+        }
+    };
+    let resp = v1::GenerateBatchResponse {
+        index: convert::saturate(index),
+        text,
+        tokens,
+        finished: Some(convert::finished(&finished)),
+    };
+    (index, kind, finished, resp)
+}

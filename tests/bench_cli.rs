@@ -1,0 +1,274 @@
+//! `veil bench` and `veil chat` against a real `veil serve` on a free local port.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+fn veil() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_veil"))
+}
+
+/// A `veil serve` child process, killed when dropped.
+struct Server {
+    child: Child,
+    addr: String,
+}
+
+impl Server {
+    /// Starts `veil serve --listen 127.0.0.1:0` on the default model and waits for the
+    /// `listening on ADDR` line on its stderr.
+    fn start() -> Self {
+        let mut child = veil()
+            .args(["serve", "--listen", "127.0.0.1:0", "--threads", "2", "--model"])
+            .arg(common::model_dir())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn veil serve");
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            // Keep draining stderr so the server never blocks on a full pipe.
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(addr) = line.strip_prefix("listening on ") {
+                    let _ = tx.send(addr.trim().to_string());
+                }
+                eprintln!("[serve] {line}");
+            }
+        });
+        let addr = match rx.recv_timeout(Duration::from_secs(120)) {
+            Ok(addr) => addr,
+            Err(_) => {
+                let _ = child.kill();
+                panic!("veil serve did not print its address");
+            }
+        };
+        Self { child, addr }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn f(v: &serde_json::Value) -> f64 {
+    v.as_f64().unwrap_or_else(|| panic!("not a number: {v}"))
+}
+
+/// p50 <= p90 <= p99 <= max, all positive.
+fn assert_ordered(s: &serde_json::Value, what: &str) {
+    let (min, p50, p90, p99, max) = (
+        f(&s["min"]),
+        f(&s["p50"]),
+        f(&s["p90"]),
+        f(&s["p99"]),
+        f(&s["max"]),
+    );
+    assert!(
+        0.0 < min && min <= p50 && p50 <= p90 && p90 <= p99 && p99 <= max,
+        "{what} percentiles out of order: {s}"
+    );
+}
+
+fn bench(server: &Server, args: &[&str]) -> (String, String) {
+    let out = veil()
+        .args(["bench", "--server", &server.addr])
+        .args(args)
+        .output()
+        .expect("run veil bench");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        out.status.success(),
+        "veil bench {args:?} failed:\n{stderr}\n{stdout}"
+    );
+    (stdout, stderr)
+}
+
+#[test]
+fn bench_and_chat_against_a_live_server() {
+    let server = Server::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+
+    // Closed loop, JSON report.
+    let json_path = dir.path().join("bench.json");
+    let json_arg = json_path.to_str().expect("utf-8 path");
+    let (stdout, _) = bench(
+        &server,
+        &[
+            "--requests",
+            "6",
+            "--concurrency",
+            "3",
+            "--prompt-tokens",
+            "16",
+            "--output-tokens",
+            "8",
+            "--json",
+            json_arg,
+        ],
+    );
+    assert!(stdout.contains("output tokens/s"), "{stdout}");
+    assert!(stdout.contains("6 ok, 0 errors"), "{stdout}");
+    let doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json_path).expect("read JSON")).expect("parse JSON");
+    assert!(
+        doc["timestamp"].as_str().is_some_and(|t| t.ends_with('Z')),
+        "{}",
+        doc["timestamp"]
+    );
+    assert!(
+        doc["server"]["model"]["vocab_size"]
+            .as_u64()
+            .is_some_and(|v| v > 1000)
+    );
+    assert_eq!(doc["parameters"]["concurrency"], 3);
+    assert_eq!(doc["parameters"]["prompt_tokens"], "16");
+    let results = doc["results"].as_array().expect("results");
+    assert_eq!(results.len(), 1);
+    let r = &results[0];
+    assert_eq!(r["mode"], "closed");
+    assert_eq!(r["concurrency"], 3);
+    assert_eq!(r["requests"], 6);
+    assert_eq!(r["ok"], 6);
+    assert_eq!(r["errors"], serde_json::json!({}));
+    assert_eq!(r["prompt_tokens"], 6 * 16);
+    let completion = r["completion_tokens"].as_u64().expect("completion tokens");
+    assert!((1..=6 * 8).contains(&completion), "{completion}");
+    assert!(f(&r["output_tokens_per_s"]) > 0.0 && f(&r["requests_per_s"]) > 0.0);
+    assert!(f(&r["wall_s"]) > 0.0);
+    assert_ordered(&r["ttft_s"], "TTFT");
+    assert_ordered(&r["e2e_s"], "latency");
+    assert!(f(&r["ttft_s"]["max"]) <= f(&r["e2e_s"]["max"]));
+    if r["tpot_s"]["count"].as_u64().is_some_and(|n| n > 0) {
+        assert_ordered(&r["tpot_s"], "TPOT");
+    }
+    let records = r["request_records"].as_array().expect("records");
+    assert_eq!(records.len(), 6);
+    for rec in records {
+        assert_eq!(rec["prompt_tokens"], 16);
+        assert!(
+            rec["completion_tokens"]
+                .as_u64()
+                .is_some_and(|n| (1..=8).contains(&n)),
+            "{rec}"
+        );
+        assert!(rec["finish"] == "length" || rec["finish"] == "stop", "{rec}");
+    }
+
+    // Open loop and a small sweep.
+    let (stdout, _) = bench(
+        &server,
+        &[
+            "--rate",
+            "20",
+            "--requests",
+            "3",
+            "--prompt-tokens",
+            "8..12",
+            "--output-tokens",
+            "4",
+        ],
+    );
+    assert!(
+        stdout.contains("open loop") && stdout.contains("3 ok, 0 errors"),
+        "{stdout}"
+    );
+    let (stdout, _) = bench(
+        &server,
+        &[
+            "--sweep",
+            "1,2",
+            "--requests-per-client",
+            "1",
+            "--prompt-tokens",
+            "8",
+            "--output-tokens",
+            "4",
+        ],
+    );
+    let rows: Vec<&str> = stdout.lines().collect();
+    assert_eq!(rows.len(), 4, "{stdout}");
+    assert!(
+        rows[1].trim_start().starts_with("1 ") && rows[1].contains("1.00x"),
+        "{stdout}"
+    );
+    assert!(rows[2].trim_start().starts_with("2 "), "{stdout}");
+
+    // Chat: two piped lines, two streamed replies.
+    let mut child = veil()
+        .args([
+            "chat",
+            "--server",
+            &server.addr,
+            "--temperature",
+            "0",
+            "--max-tokens",
+            "12",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn veil chat");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(b"Hello! What is the capital of France?\nAnd of Italy?\n")
+        .expect("write stdin");
+    let out = child.wait_with_output().expect("wait for veil chat");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "veil chat failed:\n{stderr}");
+    assert!(!stderr.contains("error"), "{stderr}");
+    assert!(
+        stdout.chars().filter(|c| c.is_alphabetic()).count() >= 4,
+        "no reply: {stdout:?}"
+    );
+    // Each reply ends with a newline; greedy replies to these questions are not empty.
+    assert!(
+        stdout.lines().filter(|l| !l.trim().is_empty()).count() >= 2,
+        "{stdout:?}"
+    );
+}
+
+#[test]
+fn chat_and_bench_report_an_unreachable_server() {
+    // Port 1 on localhost: nothing listens there.
+    let mut child = veil()
+        .args(["chat", "--server", "127.0.0.1:1"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn veil chat");
+    let _ = child.stdin.take().expect("stdin").write_all(b"hi\n");
+    let out = child.wait_with_output().expect("wait");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("cannot connect to the Veil server"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+
+    let out = veil()
+        .args(["bench", "--server", "127.0.0.1:1", "--requests", "1"])
+        .output()
+        .expect("run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("cannot connect to the Veil server"), "{stderr}");
+
+    let out = veil()
+        .args(["bench", "--prompt-tokens", "9..3"])
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("empty range"));
+}
