@@ -78,7 +78,8 @@ pub fn build_bundle(
     let report_data = cpu_report_data(
         client_nonce,
         &digest,
-        gpus.iter().map(|g| (g.report.as_slice(), g.cert_chain.as_slice())),
+        gpus.iter()
+            .map(|g| (g.report.as_slice(), g.cert_chain.as_slice())),
     );
     let cpu = cpu(&report_data)?;
     Ok(AttestationBundle {
@@ -87,9 +88,19 @@ pub fn build_bundle(
         claims: claims_bytes,
         gpus: gpus
             .into_iter()
-            .map(|g| Evidence { kind: g.kind.name().into(), data: g.report, certs: g.cert_chain, collateral: Vec::new() })
+            .map(|g| Evidence {
+                kind: g.kind.name().into(),
+                data: g.report,
+                certs: g.cert_chain,
+                collateral: Vec::new(),
+            })
             .collect(),
-        cpu: Some(Evidence { kind: cpu.kind.name().into(), data: cpu.quote, certs: cpu.certs, collateral: Vec::new() }),
+        cpu: Some(Evidence {
+            kind: cpu.kind.name().into(),
+            data: cpu.quote,
+            certs: cpu.certs,
+            collateral: Vec::new(),
+        }),
     })
 }
 
@@ -152,8 +163,10 @@ pub fn decode_bundle(bytes: &[u8]) -> Result<AttestationBundle> {
 }
 
 fn kind_of(e: &Evidence) -> Result<EvidenceKind> {
-    EvidenceKind::from_name(&e.kind)
-        .ok_or_else(|| Error::Unsupported { what: "evidence kind", value: e.kind.clone() })
+    EvidenceKind::from_name(&e.kind).ok_or_else(|| Error::Unsupported {
+        what: "evidence kind",
+        value: e.kind.clone(),
+    })
 }
 
 /// Verifies a bundle against the client's nonce (when it has one), a policy and the current
@@ -170,25 +183,39 @@ pub fn verify_bundle(
     now: u64,
 ) -> Result<Verdict> {
     if bundle.format_version != FORMAT_VERSION {
-        return Err(Error::Unsupported { what: "bundle format version", value: bundle.format_version.to_string() });
+        return Err(Error::Unsupported {
+            what: "bundle format version",
+            value: bundle.format_version.to_string(),
+        });
     }
-    let nonce: [u8; 32] = bundle
-        .nonce
-        .as_slice()
-        .try_into()
-        .map_err(|_| Error::malformed("AttestationBundle", format!("nonce is {} bytes, not 32", bundle.nonce.len())))?;
+    let nonce: [u8; 32] = bundle.nonce.as_slice().try_into().map_err(|_| {
+        Error::malformed(
+            "AttestationBundle",
+            format!("nonce is {} bytes, not 32", bundle.nonce.len()),
+        )
+    })?;
     if let Some(expected) = expected_nonce
         && expected != &nonce
     {
-        return Err(Error::NonceMismatch("the bundle answers another nonce than the one sent".into()));
+        return Err(Error::NonceMismatch(
+            "the bundle answers another nonce than the one sent".into(),
+        ));
     }
     let digest = claims_digest(&bundle.claims);
     let claims = AttestationClaims::decode(bundle.claims.as_slice())
         .map_err(|e| Error::malformed("AttestationClaims", e.to_string()))?;
-    let cpu = bundle.cpu.as_ref().ok_or_else(|| Error::malformed("AttestationBundle", "no CPU evidence"))?;
+    let cpu = bundle
+        .cpu
+        .as_ref()
+        .ok_or_else(|| Error::malformed("AttestationBundle", "no CPU evidence"))?;
 
     // Simulated evidence only under an explicit policy.
-    let kinds = bundle.gpus.iter().map(kind_of).chain([kind_of(cpu)]).collect::<Result<Vec<_>>>()?;
+    let kinds = bundle
+        .gpus
+        .iter()
+        .map(kind_of)
+        .chain([kind_of(cpu)])
+        .collect::<Result<Vec<_>>>()?;
     let simulated = kinds.iter().any(|k| k.is_simulated());
     if simulated && !policy.allow_simulated {
         return Err(Error::SimulatedNotAllowed(
@@ -203,9 +230,21 @@ pub fn verify_bundle(
     for (i, g) in bundle.gpus.iter().enumerate() {
         let verified = match kinds[i] {
             EvidenceKind::NvidiaSpdm => crate::nvidia::verify_gpu_report(&g.data, &g.certs, None, at)?,
-            EvidenceKind::SimulatedNvidiaSpdm => crate::simulated::verify_simulated_gpu(&g.data, &g.certs, None, at)?,
+            EvidenceKind::SimulatedNvidiaSpdm => {
+                crate::simulated::verify_simulated_gpu(&g.data, &g.certs, &expected_gpu_nonce, at).map_err(
+                    |e| match e {
+                        Error::NonceMismatch(_) => Error::ClaimsMismatch(format!(
+                            "GPU {i}'s report was made for other claims or another request"
+                        )),
+                        other => other,
+                    },
+                )?
+            }
             other => {
-                return Err(Error::Unsupported { what: "GPU evidence kind", value: other.name().into() });
+                return Err(Error::Unsupported {
+                    what: "GPU evidence kind",
+                    value: other.name().into(),
+                });
             }
         };
         if verified.report.request_nonce() != &expected_gpu_nonce {
@@ -221,30 +260,50 @@ pub fn verify_bundle(
     let report_data = cpu_report_data(
         &nonce,
         &digest,
-        bundle.gpus.iter().map(|g| (g.data.as_slice(), g.certs.as_slice())),
+        bundle
+            .gpus
+            .iter()
+            .map(|g| (g.data.as_slice(), g.certs.as_slice())),
     );
     let verified_cpu = verify_cpu(kinds[bundle.gpus.len()], cpu, &report_data, policy, now)?;
 
     // Claims against policy.
     let model_digest = hex::encode(&claims.model_digest);
     if !policy.accepted_model_digests.is_empty()
-        && !policy.accepted_model_digests.iter().any(|d| d.eq_ignore_ascii_case(&model_digest))
+        && !policy
+            .accepted_model_digests
+            .iter()
+            .any(|d| d.eq_ignore_ascii_case(&model_digest))
     {
-        return Err(Error::ModelNotAccepted(format!("model digest {model_digest} is not in the policy")));
+        return Err(Error::ModelNotAccepted(format!(
+            "model digest {model_digest} is not in the policy"
+        )));
     }
     let age = now as i64 - claims.server_time_unix;
     if age > policy.max_age_secs as i64 {
-        return Err(Error::Expired(format!("the bundle is {age} s old; the policy allows {} s", policy.max_age_secs)));
+        return Err(Error::Expired(format!(
+            "the bundle is {age} s old; the policy allows {} s",
+            policy.max_age_secs
+        )));
     }
     if age < -MAX_FUTURE_SKEW_SECS {
-        return Err(Error::Expired(format!("the bundle claims a time {} s in the future", -age)));
+        return Err(Error::Expired(format!(
+            "the bundle claims a time {} s in the future",
+            -age
+        )));
     }
     if policy.gpu.require_cc && !simulated {
         if !bundle.gpus.is_empty() && claims.cc_mode != "on" {
-            return Err(Error::Policy(format!("GPU CC mode is {:?}, not \"on\"", claims.cc_mode)));
+            return Err(Error::Policy(format!(
+                "GPU CC mode is {:?}, not \"on\"",
+                claims.cc_mode
+            )));
         }
         if let Some(g) = claims.gpus.iter().find(|g| !g.cc_enabled || g.dev_tools_mode) {
-            return Err(Error::Policy(format!("GPU {} is not in production CC mode", g.index)));
+            return Err(Error::Policy(format!(
+                "GPU {} is not in production CC mode",
+                g.index
+            )));
         }
     }
 
@@ -255,16 +314,25 @@ pub fn verify_bundle(
             gpus.len()
         )
     } else if simulated {
-        "NOT CONFIDENTIAL: simulated evidence (no GPU/TEE hardware proof); the operator can read this session".into()
+        "NOT CONFIDENTIAL: simulated evidence (no GPU/TEE hardware proof); the operator can read this session"
+            .into()
     } else {
         "NOT CONFIDENTIAL: the engine says it runs without confidentiality".into()
     };
-    let session_keys = claims.session_keys.iter().map(|k| (k.algorithm.clone(), k.public_key.clone())).collect();
+    let session_keys = claims
+        .session_keys
+        .iter()
+        .map(|k| (k.algorithm.clone(), k.public_key.clone()))
+        .collect();
     Ok(Verdict {
         confidential,
         summary,
         claims: VerifiedClaims {
-            session_keys: claims.session_keys.iter().map(|k| (k.algorithm.clone(), hex::encode(&k.public_key))).collect(),
+            session_keys: claims
+                .session_keys
+                .iter()
+                .map(|k| (k.algorithm.clone(), hex::encode(&k.public_key)))
+                .collect(),
             model_digest,
             model_name: claims.model_name.clone(),
             engine_build_digest: hex::encode(&claims.engine_build_digest),
@@ -282,23 +350,42 @@ pub fn verify_bundle(
 
 fn check_gpu_policy(i: usize, g: &VerifiedGpu, policy: &Policy) -> Result<()> {
     let p = &policy.gpu;
-    let allowed = |list: &[String], v: &Option<String>| list.is_empty() || v.as_ref().is_some_and(|v| list.contains(v));
+    let allowed =
+        |list: &[String], v: &Option<String>| list.is_empty() || v.as_ref().is_some_and(|v| list.contains(v));
     if !allowed(&p.allowed_driver_versions, &g.driver_version) {
-        return Err(Error::Policy(format!("GPU {i}: driver version {:?} is not allowed", g.driver_version)));
+        return Err(Error::Policy(format!(
+            "GPU {i}: driver version {:?} is not allowed",
+            g.driver_version
+        )));
     }
     if !allowed(&p.allowed_vbios_versions, &g.vbios_version) {
-        return Err(Error::Policy(format!("GPU {i}: VBIOS version {:?} is not allowed", g.vbios_version)));
+        return Err(Error::Policy(format!(
+            "GPU {i}: VBIOS version {:?} is not allowed",
+            g.vbios_version
+        )));
     }
     for (index, want) in &p.measurements {
-        let got = g.measurements.iter().find(|m| m.index == *index).map(|m| m.value.as_str());
+        let got = g
+            .measurements
+            .iter()
+            .find(|m| m.index == *index)
+            .map(|m| m.value.as_str());
         if got.map(|v| v.eq_ignore_ascii_case(want)) != Some(true) {
-            return Err(Error::Policy(format!("GPU {i}: measurement {index} is {got:?}, expected {want}")));
+            return Err(Error::Policy(format!(
+                "GPU {i}: measurement {index} is {got:?}, expected {want}"
+            )));
         }
     }
     Ok(())
 }
 
-fn verify_cpu(kind: EvidenceKind, cpu: &Evidence, report_data: &[u8; 64], policy: &Policy, now: u64) -> Result<VerifiedCpu> {
+fn verify_cpu(
+    kind: EvidenceKind,
+    cpu: &Evidence,
+    report_data: &[u8; 64],
+    policy: &Policy,
+    now: u64,
+) -> Result<VerifiedCpu> {
     match kind {
         EvidenceKind::TdxQuote => {
             let v = if cpu.collateral.is_empty() {
@@ -311,12 +398,17 @@ fn verify_cpu(kind: EvidenceKind, cpu: &Evidence, report_data: &[u8; 64], policy
             let rules = &policy.tdx;
             let mut rtmr = [None; 4];
             for (slot, value) in rtmr.iter_mut().zip(&rules.rtmr) {
-                *slot = hex::decode(value).ok().and_then(|b| <[u8; 48]>::try_from(b.as_slice()).ok());
+                *slot = hex::decode(value)
+                    .ok()
+                    .and_then(|b| <[u8; 48]>::try_from(b.as_slice()).ok());
             }
             let statuses = rules
                 .allowed_tcb_statuses
                 .iter()
-                .map(|s| TcbStatus::from_intel(s).ok_or_else(|| Error::malformed("policy TOML", format!("unknown TCB status {s:?}"))))
+                .map(|s| {
+                    TcbStatus::from_intel(s)
+                        .ok_or_else(|| Error::malformed("policy TOML", format!("unknown TCB status {s:?}")))
+                })
                 .collect::<Result<Vec<_>>>()?;
             v.check_policy(&TdxPolicy {
                 allow_debug: rules.allow_debug,
@@ -328,10 +420,11 @@ fn verify_cpu(kind: EvidenceKind, cpu: &Evidence, report_data: &[u8; 64], policy
         }
         EvidenceKind::SnpReport => {
             let report = SnpReport::parse(&cpu.data)?;
-            let products = report
-                .product_hint()
-                .into_iter()
-                .chain([AmdProduct::Milan, AmdProduct::Genoa, AmdProduct::Turin]);
+            let products = report.product_hint().into_iter().chain([
+                AmdProduct::Milan,
+                AmdProduct::Genoa,
+                AmdProduct::Turin,
+            ]);
             let mut last = Error::CertificateChain("no AMD product".into());
             let mut verified = None;
             for product in products {
@@ -356,6 +449,9 @@ fn verify_cpu(kind: EvidenceKind, cpu: &Evidence, report_data: &[u8; 64], policy
         EvidenceKind::SimulatedSnpReport => Ok(VerifiedCpu::Simulated(Box::new(
             crate::simulated::verify_simulated_snp(&cpu.data, &cpu.certs, report_data)?,
         ))),
-        other => Err(Error::Unsupported { what: "CPU evidence kind", value: other.name().into() }),
+        other => Err(Error::Unsupported {
+            what: "CPU evidence kind",
+            value: other.name().into(),
+        }),
     }
 }

@@ -265,7 +265,7 @@ mod tests {
         )
         .unwrap();
         x509::verify_chain(&[leaf.clone(), root.clone()], &root, Some(1_700_000_000)).unwrap();
-        assert!(x509::verify_chain(&[leaf.clone()], &root, Some(1_500_000_000)).is_err());
+        assert!(x509::verify_chain(std::slice::from_ref(&leaf), &root, Some(1_500_000_000)).is_err());
         let fwids = crate::nvidia::dice_fwids(&leaf).unwrap().unwrap();
         assert_eq!(fwids[0].digest, fwid);
         assert_eq!(fwids[0].hash_alg, x509::oids::SHA384);

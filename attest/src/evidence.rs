@@ -33,9 +33,15 @@ impl EvidenceKind {
 
     /// Parses a wire name.
     pub fn from_name(name: &str) -> Option<Self> {
-        [Self::NvidiaSpdm, Self::TdxQuote, Self::SnpReport, Self::SimulatedNvidiaSpdm, Self::SimulatedSnpReport]
-            .into_iter()
-            .find(|k| k.name() == name)
+        [
+            Self::NvidiaSpdm,
+            Self::TdxQuote,
+            Self::SnpReport,
+            Self::SimulatedNvidiaSpdm,
+            Self::SimulatedSnpReport,
+        ]
+        .into_iter()
+        .find(|k| k.name() == name)
     }
 
     /// Whether this evidence is simulated (never confidential).

@@ -16,11 +16,13 @@
 //! Every parser takes hostile bytes: lengths and offsets are checked before use, and bad input
 //! is an [`Error`], never a panic.
 
+pub mod bundle;
 mod certgen;
 pub mod collect;
 pub mod error;
 pub mod evidence;
 pub mod nvidia;
+pub mod policy;
 pub mod simulated;
 pub mod snp;
 pub mod tdx;

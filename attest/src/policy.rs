@@ -149,7 +149,10 @@ impl Policy {
             }
             match hex::decode(v) {
                 Ok(b) if b.len() == len => Ok(()),
-                _ => Err(Error::malformed("policy TOML", format!("{what}: {v:?} is not {len} bytes of hex"))),
+                _ => Err(Error::malformed(
+                    "policy TOML",
+                    format!("{what}: {v:?} is not {len} bytes of hex"),
+                )),
             }
         };
         for d in &self.accepted_model_digests {
@@ -159,7 +162,10 @@ impl Policy {
             check("tdx.allowed_mrtd", m, 48)?;
         }
         if self.tdx.rtmr.len() > 4 {
-            return Err(Error::malformed("policy TOML", "tdx.rtmr has more than 4 entries"));
+            return Err(Error::malformed(
+                "policy TOML",
+                "tdx.rtmr has more than 4 entries",
+            ));
         }
         for r in &self.tdx.rtmr {
             check("rtmr", r, 48)?;
@@ -169,7 +175,10 @@ impl Policy {
         }
         for v in self.gpu.measurements.values() {
             if hex::decode(v).is_err() {
-                return Err(Error::malformed("policy TOML", format!("gpu.measurements: {v:?} is not hex")));
+                return Err(Error::malformed(
+                    "policy TOML",
+                    format!("gpu.measurements: {v:?} is not hex"),
+                ));
             }
         }
         Ok(())

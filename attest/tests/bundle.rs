@@ -15,7 +15,10 @@ const NOW: u64 = 1_900_000_000;
 
 fn claims(model_digest: [u8; 32]) -> AttestationClaims {
     AttestationClaims {
-        session_keys: vec![SessionKey { algorithm: "x25519".into(), public_key: vec![7; 32] }],
+        session_keys: vec![SessionKey {
+            algorithm: "x25519".into(),
+            public_key: vec![7; 32],
+        }],
         model_digest: model_digest.to_vec(),
         model_name: "smollm2-135m-instruct".into(),
         engine_build_digest: vec![1; 32],
@@ -35,16 +38,26 @@ struct Machine {
 
 impl Machine {
     fn new() -> Self {
-        Self { gpu: SimulatedGpu::new(2).expect("gpu"), cpu: SimulatedCpu::new().expect("cpu") }
+        Self {
+            gpu: SimulatedGpu::new(2).expect("gpu"),
+            cpu: SimulatedCpu::new().expect("cpu"),
+        }
     }
 
     fn bundle(&self, nonce: &[u8; 32], claims: &AttestationClaims) -> AttestationBundle {
-        build_bundle(nonce, claims, &mut |n| self.gpu.evidence(n), &mut |rd| self.cpu.evidence(rd)).expect("bundle")
+        build_bundle(nonce, claims, &mut |n| self.gpu.evidence(n), &mut |rd| {
+            self.cpu.evidence(rd)
+        })
+        .expect("bundle")
     }
 }
 
 fn lenient() -> Policy {
-    Policy { allow_simulated: true, accepted_model_digests: vec![hex::encode([9u8; 32])], ..Policy::default() }
+    Policy {
+        allow_simulated: true,
+        accepted_model_digests: vec![hex::encode([9u8; 32])],
+        ..Policy::default()
+    }
 }
 
 #[test]
@@ -123,7 +136,10 @@ fn each_attack_fails_with_its_own_error() {
         cpu.data[0x90] ^= 1;
     }
     let err = verify_bundle(&tampered, Some(&nonce), &p, NOW).expect_err("tampered CPU report");
-    assert!(matches!(err, Error::BadSignature(_) | Error::ReportDataMismatch(_)), "{err}");
+    assert!(
+        matches!(err, Error::BadSignature(_) | Error::ReportDataMismatch(_)),
+        "{err}"
+    );
 
     // Garbage never panics.
     assert!(decode_bundle(b"\xff\xff\xff").is_err());

@@ -133,17 +133,19 @@ pub(crate) fn prepare(req: &Request, tok: &Tokenizer, info: &ModelInfo) -> Resul
             message: format!("{} tokens; the model's context is {ctx}", prompt.len()),
         });
     }
-    let max_total = (prompt.len() + req.stop.max_tokens).min(ctx);
-    let blocks = max_total.div_ceil(info.block_size);
-    if blocks > info.kv_cache_blocks {
+    // A generation stops at the context or when it would need more KV blocks than the whole
+    // cache holds ("length"); only a prompt that cannot fit at all is refused.
+    let kv_positions = info.kv_cache_blocks * info.block_size;
+    if prompt.len() >= kv_positions {
         return Err(SubmitError::TooLarge {
-            field: "max_tokens",
+            field: "prompt",
             message: format!(
-                "prompt + max_tokens need {blocks} KV blocks; the whole cache has {}",
-                info.kv_cache_blocks
+                "{} tokens; the KV cache holds {kv_positions} positions",
+                prompt.len()
             ),
         });
     }
+    let max_total = (prompt.len() + req.stop.max_tokens).min(ctx).min(kv_positions);
     let mut stop_token_ids = req.stop.stop_token_ids.clone();
     stop_token_ids.extend(
         info.eos_token_ids
