@@ -157,6 +157,12 @@ fn to_f32(bytes: &[u8], dtype: Dtype) -> Option<Vec<f32>> {
     Some(out)
 }
 
+/// Checks a whole safetensors file in memory (header, every tensor's range and size); returns
+/// the number of tensors. For tools and fuzzing; [`Weights::open`] does the same per file.
+pub fn check_safetensors(buf: &[u8]) -> Result<usize> {
+    parse_header(buf).map(|t| t.len())
+}
+
 /// Reads a safetensors header and checks every tensor's byte range against the buffer.
 fn parse_header(buf: &[u8]) -> Result<Vec<(String, TensorEntry)>> {
     let (header_len, meta) =
