@@ -21,7 +21,7 @@ from pathlib import Path
 
 
 def load_stubs(proto_root: Path, out_dir: str):
-    """Compiles inference.proto into `out_dir` and imports the generated modules."""
+    """Compiles inference.proto (and attestation.proto, which it imports) into `out_dir` and imports the generated modules."""
     import grpc_tools
     from grpc_tools import protoc
 
@@ -34,6 +34,8 @@ def load_stubs(proto_root: Path, out_dir: str):
             f"--python_out={out_dir}",
             f"--grpc_python_out={out_dir}",
             str(proto_root / "veil" / "v1" / "inference.proto"),
+            # inference.proto imports it (GetAttestation).
+            str(proto_root / "veil" / "v1" / "attestation.proto"),
         ]
     )
     if rc != 0:

@@ -1,5 +1,6 @@
 //! Command-line definitions and dispatch.
 
+mod attest;
 mod bench;
 mod chat;
 mod generate;
@@ -32,6 +33,9 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Chat with a running server in the terminal (reads stdin line by line).
     Chat(chat::ChatArgs),
+    /// Attestation: inspect evidence, verify a bundle against a policy, fetch a server's.
+    #[command(subcommand)]
+    Attest(attest::AttestCommand),
 }
 
 impl Cli {
@@ -50,5 +54,6 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve(a) => serve::run(a),
         Command::Bench(a) => bench::run(a),
         Command::Chat(a) => chat::run(a),
+        Command::Attest(c) => attest::run(c),
     }
 }

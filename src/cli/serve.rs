@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -11,7 +12,7 @@ use veil_engine::model::{LoadOptions, LoadedModel};
 use veil_engine::runtime::{RuntimeConfig, RuntimeHandle};
 
 use super::model::{ModelArg, resolve_model};
-use crate::server::{Limits, ServerConfig};
+use crate::server::{AttestationConfig, AttestationMode, Attestor, Collectors, Limits, ServerConfig};
 
 /// Arguments of `veil serve`.
 #[derive(Debug, Args)]
@@ -49,6 +50,22 @@ pub(crate) struct ServeArgs {
     /// Seconds in-flight generations may run on after SIGINT/SIGTERM before they are cancelled.
     #[arg(long, default_value_t = 30.0, value_name = "SECS")]
     shutdown_grace: f64,
+    /// Where attestation evidence comes from: `hardware` (the CPU TEE through configfs-tsm and
+    /// the NVIDIA GPUs through NVML, verified at start-up; failure is fatal), `simulated`
+    /// (keys made at start-up: NOT confidential) or `auto` (hardware when a CPU TEE is present,
+    /// else simulated).
+    #[arg(long, value_enum, default_value = "auto")]
+    attestation: AttestationMode,
+    /// Serve even though a GPU's confidential-computing mode is off or in developer-tools mode,
+    /// WITHOUT confidentiality (said in the logs, ModelInfo and every attestation bundle).
+    #[arg(long)]
+    allow_insecure: bool,
+    /// GetAttestation calls per second allowed (sustained); more get RESOURCE_EXHAUSTED.
+    #[arg(long, default_value_t = 4.0, value_name = "PER_SEC")]
+    attestation_rate: f64,
+    /// GetAttestation calls allowed in a burst.
+    #[arg(long, default_value_t = 8, value_name = "N")]
+    attestation_burst: u32,
     #[command(flatten)]
     model: ModelArg,
 }
@@ -70,6 +87,19 @@ pub(crate) fn run(a: ServeArgs) -> anyhow::Result<()> {
         "--shutdown-grace must be a non-negative number of seconds"
     );
     anyhow::ensure!(a.max_batch_items > 0, "--max-batch-items must be at least 1");
+    let attestation = AttestationConfig {
+        mode: a.attestation,
+        allow_insecure: a.allow_insecure,
+        rate: a.attestation_rate,
+        burst: a.attestation_burst,
+    };
+    anyhow::ensure!(
+        attestation.rate.is_finite() && attestation.rate > 0.0,
+        "--attestation-rate must be a positive number of calls per second"
+    );
+    anyhow::ensure!(attestation.burst >= 1, "--attestation-burst must be at least 1");
+    // Before loading the model: a machine that cannot attest as asked fails fast.
+    let collectors = Collectors::detect(&attestation).context("attestation")?;
     let dir = resolve_model(&a.model.model)?;
     let mut opts = LoadOptions {
         dtype: a.dtype,
@@ -100,6 +130,14 @@ pub(crate) fn run(a: ServeArgs) -> anyhow::Result<()> {
     };
     let handle = RuntimeHandle::start(model, model_name(&a.model.model, &dir), cfg)
         .context("starting the engine runtime")?;
+    // The server proves to itself what it will claim before it accepts work.
+    let attestor = match Attestor::new(collectors, handle.model_info(), &attestation) {
+        Ok(a) => Arc::new(a),
+        Err(e) => {
+            handle.shutdown(Duration::ZERO);
+            return Err(e.context("attestation"));
+        }
+    };
     let server_cfg = ServerConfig {
         listen: a.listen,
         metrics_listen: a.metrics_listen,
@@ -108,6 +146,7 @@ pub(crate) fn run(a: ServeArgs) -> anyhow::Result<()> {
             max_batch_items: a.max_batch_items,
         },
         shutdown_grace: Duration::from_secs_f64(a.shutdown_grace),
+        attestor,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -2,6 +2,8 @@
 //!
 //! - [`service`] is the `veil.v1.Inference` service (`proto/veil/v1/inference.proto`) on
 //!   tonic, streaming the engine runtime's events to clients.
+//! - [`attestation`] holds the evidence collectors, the claims, the session key pair and the
+//!   rate limit behind `GetAttestation`.
 //! - [`convert`] turns protocol messages into engine types and back, and engine validation
 //!   errors into gRPC statuses naming the offending proto field.
 //! - [`metrics`] keeps Prometheus metrics and serves them over plain HTTP at `/metrics`.
@@ -16,6 +18,7 @@
 //! (their streams end with a final message whose reason is CANCELLED), close the listeners and
 //! return.
 
+mod attestation;
 mod convert;
 mod metrics;
 mod service;
@@ -33,6 +36,7 @@ use tonic_health::ServingStatus;
 use veil_engine::runtime::RuntimeHandle;
 use veil_proto::v1::inference_server::InferenceServer;
 
+pub(crate) use attestation::{AttestationConfig, AttestationMode, Attestor, Collectors};
 use service::InferenceService;
 pub(crate) use service::Limits;
 
@@ -50,6 +54,8 @@ pub(crate) struct ServerConfig {
     pub(crate) limits: Limits,
     /// How long in-flight generations may run on after a shutdown signal.
     pub(crate) shutdown_grace: Duration,
+    /// The server's attestation (verified at start-up).
+    pub(crate) attestor: Arc<Attestor>,
 }
 
 /// Serves `handle` until SIGINT or SIGTERM, then shuts down gracefully (see the module docs).
@@ -84,8 +90,13 @@ pub(crate) async fn serve(handle: RuntimeHandle, cfg: ServerConfig) -> anyhow::R
         .register_encoded_file_descriptor_set(veil_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
-    let inference = InferenceServer::new(InferenceService::new(handle.clone(), metrics, cfg.limits))
-        .max_decoding_message_size(cfg.limits.max_request_bytes);
+    let inference = InferenceServer::new(InferenceService::new(
+        handle.clone(),
+        metrics,
+        cfg.limits,
+        cfg.attestor.clone(),
+    ))
+    .max_decoding_message_size(cfg.limits.max_request_bytes);
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
@@ -108,6 +119,8 @@ pub(crate) async fn serve(handle: RuntimeHandle, cfg: ServerConfig) -> anyhow::R
         dtype = %info.dtype,
         backend = %info.backend,
         kv_blocks = info.kv_cache_blocks,
+        attestation = cfg.attestor.mode(),
+        confidential = cfg.attestor.confidential(),
         "serving veil.v1.Inference"
     );
     eprintln!("listening on {addr}");

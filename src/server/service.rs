@@ -21,6 +21,7 @@ use tonic::{Request, Response, Status};
 use veil_engine::runtime::{self, Event, FinishReason, RequestStream, RuntimeHandle, SubmitError};
 use veil_proto::v1;
 
+use super::attestation::Attestor;
 use super::convert::{self, InputKind, Site};
 use super::metrics::Metrics;
 
@@ -44,16 +45,23 @@ pub(crate) struct InferenceService {
     handle: RuntimeHandle,
     metrics: Arc<Metrics>,
     limits: Limits,
+    attestor: Arc<Attestor>,
     next_id: AtomicU64,
 }
 
 impl InferenceService {
     /// A service over a started runtime.
-    pub(crate) fn new(handle: RuntimeHandle, metrics: Arc<Metrics>, limits: Limits) -> Self {
+    pub(crate) fn new(
+        handle: RuntimeHandle,
+        metrics: Arc<Metrics>,
+        limits: Limits,
+        attestor: Arc<Attestor>,
+    ) -> Self {
         Self {
             handle,
             metrics,
             limits,
+            attestor,
             next_id: AtomicU64::new(1),
         }
     }
@@ -228,7 +236,48 @@ impl v1::inference_server::Inference for InferenceService {
             }),
             server_version: env!("CARGO_PKG_VERSION").to_owned(),
             eos_token_ids: i.eos_token_ids.clone(),
+            confidential: self.attestor.confidential(),
+            attestation: self.attestor.mode().to_owned(),
         }))
+    }
+
+    async fn get_attestation(
+        &self,
+        request: Request<v1::GetAttestationRequest>,
+    ) -> Result<Response<v1::GetAttestationResponse>, Status> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let req = request.into_inner();
+        let nonce: [u8; 32] = req.nonce.as_slice().try_into().map_err(|_| {
+            convert::invalid(
+                "nonce",
+                format!("must be exactly 32 bytes, got {}", req.nonce.len()),
+            )
+        })?;
+        if !self.attestor.try_acquire() {
+            let (rate, burst) = self.attestor.rate_limit();
+            tracing::info!(id, "get_attestation refused: rate limit");
+            return Err(Status::resource_exhausted(format!(
+                "too many GetAttestation calls (at most {rate} per second, bursts of {burst}); \
+                 retry later"
+            )));
+        }
+        // Evidence collection blocks (NVML, configfs-tsm, signatures): off the async runtime.
+        let attestor = self.attestor.clone();
+        let started = Instant::now();
+        let bundle = tokio::task::spawn_blocking(move || attestor.bundle(&nonce))
+            .await
+            .map_err(|_| Status::unavailable("the server is shutting down"))?
+            .map_err(|e| {
+                tracing::error!(id, error = %e, "collecting attestation evidence failed");
+                Status::internal(format!("collecting attestation evidence failed: {e}"))
+            })?;
+        tracing::info!(
+            id,
+            gpus = bundle.gpus.len(),
+            ms = started.elapsed().as_secs_f64() * 1e3,
+            "attestation bundle issued"
+        );
+        Ok(Response::new(v1::GetAttestationResponse { bundle: Some(bundle) }))
     }
 }
 

@@ -8,6 +8,8 @@ use veil_engine::backend::{DType, SeqChunk};
 use veil_engine::model::{LoadOptions, LoadedModel};
 use veil_engine::store::{DEFAULT_MODEL, ModelStore};
 
+pub mod server;
+
 /// The reference data directory.
 pub fn data_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/smollm2-135m-instruct")
