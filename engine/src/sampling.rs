@@ -179,6 +179,8 @@ pub struct Sampler {
     seen: std::collections::HashSet<u32>,
     /// Scratch: candidate (id, logit) pairs.
     candidates: Vec<(u32, f32)>,
+    /// Scratch: per-token sampling weights.
+    weights: Vec<f32>,
 }
 
 impl Sampler {
@@ -196,6 +198,7 @@ impl Sampler {
             output_counts: Default::default(),
             seen,
             candidates: Vec::new(),
+            weights: Vec::new(),
         }
     }
 
@@ -270,6 +273,44 @@ impl Sampler {
     }
 
     fn sample_stochastic(&mut self, logits: &[f32]) -> u32 {
+        if self.params.top_k == 0 && self.params.top_p >= 1.0 {
+            return self.sample_unsorted(logits);
+        }
+        self.sample_sorted(logits)
+    }
+
+    /// Temperature (and min-p) only: one pass over the vocabulary in id order, no sorting.
+    /// Draws the same distribution as the sorted path, in O(vocab).
+    fn sample_unsorted(&mut self, logits: &[f32]) -> u32 {
+        let p = &self.params;
+        let inv_t = 1.0 / p.temperature;
+        let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        // Weights relative to the most likely token (whose weight is exp(0) = 1), computed once
+        // in f32 into a reused buffer; min-p drops those below its threshold.
+        let threshold = p.min_p;
+        self.weights.clear();
+        self.weights.extend(logits.iter().map(|&l| {
+            let w = ((l - max) * inv_t).exp();
+            if w >= threshold { w } else { 0.0 }
+        }));
+        let total: f64 = self.weights.iter().map(|&w| w as f64).sum();
+        let mut r = self.rng.next_f64() * total;
+        let mut last = 0;
+        for (i, &w) in self.weights.iter().enumerate() {
+            if w > 0.0 {
+                let w = w as f64;
+                if r < w {
+                    return i as u32;
+                }
+                r -= w;
+                last = i;
+            }
+        }
+        last as u32
+    }
+
+    /// Top-k and/or top-p: the smallest sorted candidate window the filters can need.
+    fn sample_sorted(&mut self, logits: &[f32]) -> u32 {
         let p = &self.params;
         let inv_t = 1.0 / p.temperature;
         // Candidates sorted by logit, highest first. Only as many as the filters can keep are
