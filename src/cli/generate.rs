@@ -6,12 +6,11 @@ use anyhow::Context;
 use clap::Args;
 use veil_engine::backend::DType;
 use veil_engine::generate::{GenerateRequest, generate};
-use veil_engine::model::{LoadOptions, LoadedModel};
 use veil_engine::output::StopConditions;
 use veil_engine::sampling::SamplingParams;
 use veil_engine::tokenizer::ChatMessage;
 
-use super::model::{ModelArg, resolve_model};
+use super::model::{ModelArg, load_model};
 
 /// Arguments of `veil generate`.
 #[derive(Debug, Args)]
@@ -75,26 +74,7 @@ pub(crate) struct GenerateArgs {
 }
 
 pub(crate) fn run(a: GenerateArgs) -> anyhow::Result<()> {
-    let dir = resolve_model(&a.model.model)?;
-    let mut opts = LoadOptions {
-        dtype: a.dtype,
-        ..LoadOptions::default()
-    };
-    if let Some(t) = a.threads {
-        opts.threads = t;
-    }
-    let load_start = std::time::Instant::now();
-    let mut model = LoadedModel::load(&dir, &opts, &mut |_, _| {})
-        .with_context(|| format!("loading {}", dir.display()))?;
-    eprintln!(
-        "loaded {} ({}, {} weights, {} threads, digest {}) in {:.2}s",
-        dir.display(),
-        model.backend.name(),
-        model.backend.dtype().name(),
-        opts.threads,
-        model.digest,
-        load_start.elapsed().as_secs_f64()
-    );
+    let mut model = load_model(&a.model.model, a.dtype, a.threads)?;
     let text = if a.chat || a.system.is_some() {
         let mut messages = Vec::new();
         if let Some(s) = &a.system {

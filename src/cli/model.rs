@@ -106,6 +106,36 @@ pub(crate) fn resolve_model(arg: &str) -> anyhow::Result<PathBuf> {
     }
 }
 
+/// Resolves `--model` and loads it, reporting what was loaded on stderr.
+pub(crate) fn load_model(
+    arg: &str,
+    dtype: veil_engine::backend::DType,
+    threads: Option<usize>,
+) -> anyhow::Result<veil_engine::model::LoadedModel> {
+    use veil_engine::model::{LoadOptions, LoadedModel};
+    let dir = resolve_model(arg)?;
+    let mut opts = LoadOptions {
+        dtype,
+        ..LoadOptions::default()
+    };
+    if let Some(t) = threads {
+        opts.threads = t;
+    }
+    let start = std::time::Instant::now();
+    let model = LoadedModel::load(&dir, &opts, &mut |_, _| {})
+        .with_context(|| format!("loading {}", dir.display()))?;
+    eprintln!(
+        "loaded {} ({}, {} weights, {} threads, digest {}) in {:.2}s",
+        dir.display(),
+        model.backend.name(),
+        model.backend.dtype().name(),
+        opts.threads,
+        model.digest,
+        start.elapsed().as_secs_f64()
+    );
+    Ok(model)
+}
+
 pub(crate) fn run(cmd: ModelCommand) -> anyhow::Result<()> {
     match cmd {
         ModelCommand::Pull { name } => {

@@ -8,10 +8,9 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 use veil_engine::backend::DType;
-use veil_engine::model::{LoadOptions, LoadedModel};
 use veil_engine::runtime::{RuntimeConfig, RuntimeHandle};
 
-use super::model::{ModelArg, resolve_model};
+use super::model::{ModelArg, load_model};
 use crate::server::{AttestationConfig, AttestationMode, Attestor, Collectors, Limits, ServerConfig};
 
 /// Arguments of `veil serve`.
@@ -100,26 +99,7 @@ pub(crate) fn run(a: ServeArgs) -> anyhow::Result<()> {
     anyhow::ensure!(attestation.burst >= 1, "--attestation-burst must be at least 1");
     // Before loading the model: a machine that cannot attest as asked fails fast.
     let collectors = Collectors::detect(&attestation).context("attestation")?;
-    let dir = resolve_model(&a.model.model)?;
-    let mut opts = LoadOptions {
-        dtype: a.dtype,
-        ..LoadOptions::default()
-    };
-    if let Some(t) = a.threads {
-        opts.threads = t;
-    }
-    let load_start = std::time::Instant::now();
-    let model = LoadedModel::load(&dir, &opts, &mut |_, _| {})
-        .with_context(|| format!("loading {}", dir.display()))?;
-    eprintln!(
-        "loaded {} ({}, {} weights, {} threads, digest {}) in {:.2}s",
-        dir.display(),
-        model.backend.name(),
-        model.backend.dtype().name(),
-        opts.threads,
-        model.digest,
-        load_start.elapsed().as_secs_f64()
-    );
+    let model = load_model(&a.model.model, a.dtype, a.threads)?;
     let defaults = RuntimeConfig::default();
     let cfg = RuntimeConfig {
         max_batched_tokens: a.max_batched_tokens.unwrap_or(defaults.max_batched_tokens),
@@ -128,8 +108,8 @@ pub(crate) fn run(a: ServeArgs) -> anyhow::Result<()> {
         max_queue: a.max_queue.unwrap_or(defaults.max_queue),
         ..defaults
     };
-    let handle = RuntimeHandle::start(model, model_name(&a.model.model, &dir), cfg)
-        .context("starting the engine runtime")?;
+    let name = model_name(&a.model.model, &model.dir);
+    let handle = RuntimeHandle::start(model, name, cfg).context("starting the engine runtime")?;
     // The server proves to itself what it will claim before it accepts work.
     let attestor = match Attestor::new(collectors, handle.model_info(), &attestation) {
         Ok(a) => Arc::new(a),
