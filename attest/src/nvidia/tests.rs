@@ -476,7 +476,8 @@ struct LocalChain {
     leaf_key: SigningKey,
 }
 
-fn local_chain(cert_fwid: &[u8]) -> LocalChain {
+/// Root -> ICA -> leaf; the leaf carries `cert_fwid` in its DICE extension when given.
+fn local_chain(cert_fwid: Option<&[u8]>) -> LocalChain {
     let (rk, ik, lk) = (key(0x11), key(0x22), key(0x33));
     let root = make_cert(
         1,
@@ -503,7 +504,7 @@ fn local_chain(cert_fwid: &[u8]) -> LocalChain {
         &lk,
         &ik,
         false,
-        Some(cert_fwid),
+        cert_fwid,
     );
     LocalChain {
         pem: to_pem(&[leaf, ica, root.clone()]),
@@ -528,7 +529,7 @@ fn resign(report: &[u8], nonce: &[u8; 32], fwid: &[u8], key: &SigningKey) -> Vec
 fn locally_signed_reports_verify_against_their_root() {
     let fwid = [0xF1u8; 48];
     let nonce = [0x42u8; 32];
-    let lc = local_chain(&fwid);
+    let lc = local_chain(Some(&fwid));
     let report = resign(&data(REPORTS[0]), &nonce, &fwid, &lc.leaf_key);
 
     let v = verify_gpu_report_with_root(&report, &lc.pem, &lc.root, Some(nonce), Some(AT)).unwrap();
@@ -560,40 +561,14 @@ fn locally_signed_reports_verify_against_their_root() {
         Err(Error::BadSignature(_))
     ));
     // A leaf without the DICE extension.
-    let (rk, ik, lk) = (key(0x11), key(0x22), key(0x33));
-    let root = make_cert(
-        1,
-        "CN=Test GPU Root,O=Veil",
-        "CN=Test GPU Root,O=Veil",
-        &rk,
-        &rk,
-        true,
-        None,
-    );
-    let ica = make_cert(
-        2,
-        "CN=Test GPU ICA,O=Veil",
-        "CN=Test GPU Root,O=Veil",
-        &ik,
-        &rk,
-        true,
-        None,
-    );
-    let leaf = make_cert(
-        3,
-        "CN=Test GPU Leaf,O=Veil",
-        "CN=Test GPU ICA,O=Veil",
-        &lk,
-        &ik,
-        false,
-        None,
-    );
-    let pem = to_pem(&[leaf, ica]);
+    let bare = local_chain(None);
     assert!(matches!(
-        verify_gpu_report_with_root(&report, &pem, &root, None, None),
+        verify_gpu_report_with_root(&report, &bare.pem, &bare.root, None, None),
         Err(Error::FwidMismatch(_))
     ));
     // A leaf is not a CA: a chain that uses it as an issuer fails.
+    let (rk, ik, lk) = (key(0x11), key(0x22), key(0x33));
+    let root = bare.root;
     let leaf2 = make_cert(
         4,
         "CN=X,O=Veil",
