@@ -137,6 +137,8 @@ pub struct VerifiedClaims {
     pub server_time_unix: i64,
     /// What the engine claims about confidentiality.
     pub confidential: bool,
+    /// The Ed25519 public key that signs sealed-call receipts, hex (empty when absent).
+    pub receipt_public_key: String,
 }
 
 /// The result of a successful verification.
@@ -152,9 +154,14 @@ pub struct Verdict {
     pub gpus: Vec<VerifiedGpu>,
     /// The verified CPU quote.
     pub cpu: VerifiedCpu,
+    /// SHA-256 of the bundle's claims bytes, hex: the digest sealed requests and receipts name.
+    pub claims_digest: String,
     /// The session keys, raw, for sealing requests: (algorithm, key bytes).
     #[serde(skip)]
     pub session_keys: Vec<(String, Vec<u8>)>,
+    /// The receipt public key, raw, when the claims carry one.
+    #[serde(skip)]
+    pub receipt_public_key: Option<[u8; 32]>,
 }
 
 /// Decodes a bundle from its protobuf bytes.
@@ -319,6 +326,18 @@ pub fn verify_bundle(
     } else {
         "NOT CONFIDENTIAL: the engine says it runs without confidentiality".into()
     };
+    let receipt_public_key = match claims.receipt_public_key.len() {
+        0 => None,
+        _ => Some(claims.receipt_public_key.as_slice().try_into().map_err(|_| {
+            Error::malformed(
+                "AttestationClaims",
+                format!(
+                    "receipt_public_key is {} bytes, not 32",
+                    claims.receipt_public_key.len()
+                ),
+            )
+        })?),
+    };
     let session_keys = claims
         .session_keys
         .iter()
@@ -341,10 +360,13 @@ pub fn verify_bundle(
             cc_mode: claims.cc_mode.clone(),
             server_time_unix: claims.server_time_unix,
             confidential: claims.confidential,
+            receipt_public_key: hex::encode(&claims.receipt_public_key),
         },
+        claims_digest: hex::encode(digest),
         gpus,
         cpu: verified_cpu,
         session_keys,
+        receipt_public_key,
     })
 }
 

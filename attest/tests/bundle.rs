@@ -28,6 +28,7 @@ fn claims(model_digest: [u8; 32]) -> AttestationClaims {
         server_time_unix: NOW as i64,
         confidential: false,
         gpus: Vec::new(),
+        receipt_public_key: vec![9; 32],
     }
 }
 
@@ -73,6 +74,11 @@ fn correct_bundle_verifies_as_not_confidential() {
     assert_eq!(v.gpus.len(), 2);
     assert_eq!(v.session_keys, vec![("x25519".to_string(), vec![7u8; 32])]);
     assert_eq!(v.claims.model_digest, hex::encode([9u8; 32]));
+    assert_eq!(v.receipt_public_key, Some([9u8; 32]));
+    assert_eq!(
+        v.claims_digest,
+        hex::encode(veil_attest::bundle::claims_digest(&b.claims))
+    );
     serde_json::to_string(&v).expect("verdict serializes to JSON");
 }
 
@@ -103,6 +109,14 @@ fn each_attack_fails_with_its_own_error() {
     changed.claims = c.encode_to_vec();
     let err = verify_bundle(&changed, Some(&nonce), &p, NOW).expect_err("changed claim");
     assert!(matches!(err, Error::ClaimsMismatch(_)), "{err}");
+
+    // A receipt key of the wrong length is malformed, not silently dropped (re-sign the claims
+    // so that only this check can fail).
+    let mut c = claims([9; 32]);
+    c.receipt_public_key = vec![1; 31];
+    let short_key = m.bundle(&nonce, &c);
+    let err = verify_bundle(&short_key, Some(&nonce), &p, NOW).expect_err("short receipt key");
+    assert!(matches!(err, Error::Malformed { .. }), "{err}");
 
     // A relayed GPU report: another machine's GPU asked for the very same GPU nonce. Its report
     // verifies on its own, but the CPU quote commits to the original evidence.

@@ -33,6 +33,8 @@ pub const RESPONSE_KEY_LABEL: &[u8] = b"veil/v1 response key";
 pub const RESPONSE_NONCE_LABEL: &[u8] = b"veil/v1 response nonce";
 /// Prefix hashed into the response digest.
 pub const RESPONSE_DIGEST_LABEL: &[u8] = b"veil/v1 response digest";
+/// Prefix of the HPKE info of sealed gRPC calls (see [`SealedRpc::info`]).
+pub const SEALED_INFO_LABEL: &[u8] = b"veil/v1 sealed request";
 /// Prefix hashed into the receipt message.
 pub const RECEIPT_LABEL: &[u8] = b"veil/receipt/v1";
 /// Length of an X25519 public key and of the HPKE encapsulated key.
@@ -47,6 +49,33 @@ pub const PAD_BUCKETS: [usize; 5] = [256, 1024, 4096, 16384, 65536];
 
 /// A key id: the first 8 bytes of SHA-256 over the 32-byte X25519 public key.
 pub type KeyId = [u8; KEY_ID_LEN];
+
+/// The sealed gRPC calls of `veil.v1.Inference`; each seals its own request type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SealedRpc {
+    /// `SealedGenerate`: a sealed `GenerateRequest`.
+    Generate,
+    /// `SealedGenerateBatch`: a sealed `GenerateBatchRequest`.
+    GenerateBatch,
+}
+
+impl SealedRpc {
+    /// The RPC's method name, as in the proto file.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Generate => "SealedGenerate",
+            Self::GenerateBatch => "SealedGenerateBatch",
+        }
+    }
+
+    /// The HPKE info of a request to this RPC: `"veil/v1 sealed request" || bundle_digest ||
+    /// method name`. Binding the bundle digest ties the request (and its receipt) to the
+    /// attestation the client verified; binding the method keeps a request sealed for one RPC
+    /// from being replayed to the other.
+    pub fn info(self, bundle_digest: &[u8; 32]) -> Vec<u8> {
+        [SEALED_INFO_LABEL, &bundle_digest[..], self.name().as_bytes()].concat()
+    }
+}
 
 /// Everything that can go wrong in a sealed session.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -246,6 +275,7 @@ pub fn padded_len(len: usize) -> usize {
 /// The client's end of a sealed session: opens the response stream.
 pub struct ClientSession {
     keys: StreamKeys,
+    receipt_signature: Option<[u8; 64]>,
 }
 
 impl std::fmt::Debug for ClientSession {
@@ -316,7 +346,13 @@ fn seal_request_with_rng<R: rand_core::CryptoRng + RngCore>(
         |label, out| ctx.export(label, out).map_err(|_| SealError::Hpke),
         parts.digest(),
     )?;
-    Ok((parts, ClientSession { keys }))
+    Ok((
+        parts,
+        ClientSession {
+            keys,
+            receipt_signature: None,
+        },
+    ))
 }
 
 /// Open a sealed request: checks the key id, decrypts with HPKE `info`, checks the timestamp
@@ -436,9 +472,42 @@ impl ReplayCache {
 }
 
 impl ServerSession {
-    /// Seal one response chunk: pads `payload` to its bucket and encrypts it under the next
-    /// sequence number. Fails with [`SealError::AfterFinal`] once a final chunk was sealed.
-    pub fn seal_chunk(&mut self, payload: &[u8], is_final: bool) -> Result<Vec<u8>> {
+    /// Seal one data chunk: pads `payload` to its bucket and encrypts it under the next
+    /// sequence number. Fails with [`SealError::AfterFinal`] once the receipt was sealed.
+    pub fn seal_chunk(&mut self, payload: &[u8]) -> Result<Vec<u8>> {
+        let ct = self.seal(payload, false)?;
+        self.keys.record(payload);
+        Ok(ct)
+    }
+
+    /// Ends the stream: signs the receipt over the request digest, the response digest (every
+    /// data chunk sealed so far), `model_digest` and `bundle_digest`, and seals the signature as
+    /// the final chunk. Returns the chunk and the receipt.
+    pub fn seal_receipt(
+        &mut self,
+        signer: &ReceiptSigner,
+        model_digest: [u8; 32],
+        bundle_digest: [u8; 32],
+    ) -> Result<(Vec<u8>, Receipt)> {
+        let claims = ReceiptClaims {
+            request_digest: self.keys.request_digest,
+            response_digest: self.response_digest(),
+            model_digest,
+            bundle_digest,
+        };
+        let signature = signer.sign(&claims);
+        let ct = self.seal(&signature, true)?;
+        Ok((
+            ct,
+            Receipt {
+                claims,
+                signature,
+                public_key: signer.public_key_bytes(),
+            },
+        ))
+    }
+
+    fn seal(&mut self, payload: &[u8], is_final: bool) -> Result<Vec<u8>> {
         let k = &mut self.keys;
         if k.finished {
             return Err(SealError::AfterFinal);
@@ -459,7 +528,6 @@ impl ServerSession {
                 },
             )
             .map_err(|_| SealError::Hpke)?;
-        k.record(payload);
         k.seq += 1;
         k.finished = is_final;
         Ok(ct)
@@ -470,15 +538,25 @@ impl ServerSession {
         self.keys.request_digest
     }
 
-    /// The response digest over the chunks sealed so far (see `docs/protocol.md`).
+    /// The response digest over the data chunks sealed so far (see `docs/protocol.md`).
     pub fn response_digest(&self) -> [u8; 32] {
         self.keys.digest.clone().finalize().into()
     }
 }
 
+/// One opened response chunk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Opened {
+    /// A data chunk's payload.
+    Data(Vec<u8>),
+    /// The final chunk: the stream is complete and its receipt signature was received (check
+    /// it with [`ClientSession::verify_receipt`]).
+    Final,
+}
+
 impl ClientSession {
-    /// Open the next response chunk; returns its payload and whether it was the final one.
-    pub fn open_chunk(&mut self, ciphertext: &[u8]) -> Result<(Vec<u8>, bool)> {
+    /// Opens the next response chunk.
+    pub fn open_chunk(&mut self, ciphertext: &[u8]) -> Result<Opened> {
         let k = &mut self.keys;
         if k.finished {
             return Err(SealError::AfterFinal);
@@ -507,12 +585,20 @@ impl ClientSession {
         let payload = padded
             .get(4..)
             .and_then(|rest| rest.get(..len))
-            .ok_or(SealError::Malformed("chunk length prefix exceeds the chunk"))?
-            .to_vec();
-        k.record(&payload);
+            .ok_or(SealError::Malformed("chunk length prefix exceeds the chunk"))?;
+        let opened = if is_final {
+            let signature: [u8; 64] = payload
+                .try_into()
+                .map_err(|_| SealError::Malformed("the final chunk is not a 64-byte receipt signature"))?;
+            self.receipt_signature = Some(signature);
+            Opened::Final
+        } else {
+            k.record(payload);
+            Opened::Data(payload.to_vec())
+        };
         k.seq += 1;
         k.finished = is_final;
-        Ok((payload, is_final))
+        Ok(opened)
     }
 
     /// Call when the transport stream ends: fails with [`SealError::Truncated`] unless the final
@@ -525,14 +611,59 @@ impl ClientSession {
         }
     }
 
+    /// Checks the receipt of a finished stream against the receipt key, model digest and bundle
+    /// digest the client verified in the attestation bundle. The request and response digests
+    /// are the client's own.
+    pub fn verify_receipt(
+        &self,
+        receipt_key: &[u8; 32],
+        model_digest: [u8; 32],
+        bundle_digest: [u8; 32],
+    ) -> Result<Receipt> {
+        self.finish()?;
+        let signature = self.receipt_signature.ok_or(SealError::Truncated)?;
+        let receipt = Receipt {
+            claims: ReceiptClaims {
+                request_digest: self.keys.request_digest,
+                response_digest: self.response_digest(),
+                model_digest,
+                bundle_digest,
+            },
+            signature,
+            public_key: *receipt_key,
+        };
+        receipt.verify()?;
+        Ok(receipt)
+    }
+
     /// The request digest this session is bound to.
     pub fn request_digest(&self) -> [u8; 32] {
         self.keys.request_digest
     }
 
-    /// The response digest over the chunks opened so far (see `docs/protocol.md`).
+    /// The response digest over the data chunks opened so far (see `docs/protocol.md`).
     pub fn response_digest(&self) -> [u8; 32] {
         self.keys.digest.clone().finalize().into()
+    }
+}
+
+/// A signed receipt: what the engine signed, the signature and the key that made it. Keep it
+/// with the attestation bundle whose claims carry `public_key` to prove later which attested
+/// model produced a response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Receipt {
+    /// The four digests signed.
+    pub claims: ReceiptClaims,
+    /// Ed25519 signature over [`ReceiptClaims::message`].
+    pub signature: [u8; 64],
+    /// The engine's Ed25519 receipt public key (a claim of the attestation bundle).
+    pub public_key: [u8; 32],
+}
+
+impl Receipt {
+    /// Checks the signature (strict Ed25519).
+    pub fn verify(&self) -> Result<()> {
+        verify_receipt(&self.public_key, &self.claims, &self.signature)
     }
 }
 

@@ -137,35 +137,47 @@ fn round_trip_with_receipt() {
     let (req, mut server) = open(&kp, &parts).unwrap();
     assert_eq!(&req[..], b"hello model");
     assert_eq!(server.request_digest(), parts.digest());
-    let chunks = [&b"The"[..], b" capital", b" is Paris."];
+    let signer = ReceiptSigner::generate();
     let mut wire = Vec::new();
-    for (i, c) in chunks.iter().enumerate() {
-        wire.push(server.seal_chunk(c, i == chunks.len() - 1).unwrap());
+    for c in [&b"The"[..], b" capital", b" is Paris."] {
+        wire.push(server.seal_chunk(c).unwrap());
     }
-    let mut got = Vec::new();
-    for w in &wire {
-        let (p, fin) = client.open_chunk(w).unwrap();
-        got.push((p, fin));
+    let (last, receipt) = server.seal_receipt(&signer, [1; 32], [2; 32]).unwrap();
+    wire.push(last);
+    let mut text = Vec::new();
+    for w in &wire[..3] {
+        match client.open_chunk(w).unwrap() {
+            Opened::Data(p) => text.extend(p),
+            Opened::Final => panic!("early final"),
+        }
     }
-    assert!(got.last().unwrap().1);
+    assert_eq!(text, b"The capital is Paris.");
     assert_eq!(
-        got.iter().map(|(p, _)| p.clone()).collect::<Vec<_>>().concat(),
-        b"The capital is Paris."
+        client.verify_receipt(&signer.public_key_bytes(), [1; 32], [2; 32]),
+        Err(SealError::Truncated)
     );
+    assert_eq!(client.open_chunk(&wire[3]).unwrap(), Opened::Final);
     client.finish().unwrap();
     assert_eq!(client.response_digest(), server.response_digest());
+    let got = client
+        .verify_receipt(&signer.public_key_bytes(), [1; 32], [2; 32])
+        .unwrap();
+    assert_eq!(got, receipt);
+    got.verify().unwrap();
+    // Another model or bundle digest than the one signed: the receipt does not verify.
+    assert_eq!(
+        client.verify_receipt(&signer.public_key_bytes(), [9; 32], [2; 32]),
+        Err(SealError::BadReceipt)
+    );
+    assert_eq!(
+        client.verify_receipt(&signer.public_key_bytes(), [1; 32], [9; 32]),
+        Err(SealError::BadReceipt)
+    );
 
-    let signer = ReceiptSigner::generate();
-    let claims = ReceiptClaims {
-        request_digest: client.request_digest(),
-        response_digest: client.response_digest(),
-        model_digest: [1; 32],
-        bundle_digest: [2; 32],
-    };
-    let sig = signer.sign(&claims);
-    verify_receipt(&signer.public_key_bytes(), &claims, &sig).unwrap();
+    let claims = receipt.claims;
+    let sig = receipt.signature;
     let mut bad = claims;
-    bad.model_digest[0] ^= 1;
+    bad.response_digest[0] ^= 1;
     assert_eq!(
         verify_receipt(&signer.public_key_bytes(), &bad, &sig),
         Err(SealError::BadReceipt)
@@ -178,7 +190,7 @@ fn round_trip_with_receipt() {
     );
     let other = ReceiptSigner::from_seed(&[9; 32]);
     assert_eq!(
-        verify_receipt(&other.public_key_bytes(), &claims, &sig),
+        client.verify_receipt(&other.public_key_bytes(), [1; 32], [2; 32]),
         Err(SealError::BadReceipt)
     );
 }
@@ -278,16 +290,15 @@ fn replays_are_rejected_and_cache_is_bounded() {
     );
 }
 
+/// A stream of `n` data chunks and the final receipt chunk (`n + 1` chunks on the wire).
 fn stream(n: usize) -> (ClientSession, ServerSession, Vec<Vec<u8>>) {
     let (kp, parts, client) = setup(b"req");
     let (_, mut server) = open(&kp, &parts).unwrap();
-    let wire = (0..n)
-        .map(|i| {
-            server
-                .seal_chunk(format!("chunk {i}").as_bytes(), i == n - 1)
-                .unwrap()
-        })
+    let mut wire: Vec<_> = (0..n)
+        .map(|i| server.seal_chunk(format!("chunk {i}").as_bytes()).unwrap())
         .collect();
+    let signer = ReceiptSigner::from_seed(&[5; 32]);
+    wire.push(server.seal_receipt(&signer, [0; 32], [0; 32]).unwrap().0);
     (client, server, wire)
 }
 
@@ -313,11 +324,11 @@ fn duplicated_chunk_fails() {
 
 #[test]
 fn truncated_stream_fails() {
-    let (mut c, _, w) = stream(3);
+    let (mut c, _, w) = stream(2);
     c.open_chunk(&w[0]).unwrap();
     c.open_chunk(&w[1]).unwrap();
     assert_eq!(c.finish().unwrap_err(), SealError::Truncated);
-    c.open_chunk(&w[2]).unwrap();
+    assert_eq!(c.open_chunk(&w[2]).unwrap(), Opened::Final);
     c.finish().unwrap();
 }
 
@@ -330,36 +341,53 @@ fn spliced_chunk_fails() {
 
 #[test]
 fn data_after_final_fails() {
-    let (mut c, mut s, w) = stream(1);
-    assert_eq!(s.seal_chunk(b"more", false).unwrap_err(), SealError::AfterFinal);
-    c.open_chunk(&w[0]).unwrap();
+    let (mut c, mut s, w) = stream(0);
+    assert_eq!(s.seal_chunk(b"more").unwrap_err(), SealError::AfterFinal);
+    let signer = ReceiptSigner::from_seed(&[5; 32]);
+    assert_eq!(
+        s.seal_receipt(&signer, [0; 32], [0; 32]).unwrap_err(),
+        SealError::AfterFinal
+    );
+    assert_eq!(c.open_chunk(&w[0]).unwrap(), Opened::Final);
     assert_eq!(c.open_chunk(&w[0]).unwrap_err(), SealError::AfterFinal);
 }
 
 #[test]
 fn final_flag_is_authenticated() {
-    // The flag is in the AAD: a non-final chunk never finishes the stream, and a final chunk
+    // The flag is in the AAD: a data chunk never finishes the stream, and the final chunk
     // cannot stand in at another position.
-    let (mut c, _, w) = stream(2);
+    let (mut c, _, w) = stream(1);
     assert_eq!(c.open_chunk(&w[1]).unwrap_err(), SealError::Open);
-    let (_, fin) = c.open_chunk(&w[0]).unwrap();
-    assert!(!fin);
+    assert!(matches!(c.open_chunk(&w[0]).unwrap(), Opened::Data(_)));
     assert_eq!(c.finish().unwrap_err(), SealError::Truncated);
-    let (_, fin) = c.open_chunk(&w[1]).unwrap();
-    assert!(fin);
+    assert_eq!(c.open_chunk(&w[1]).unwrap(), Opened::Final);
     c.finish().unwrap();
+}
+
+#[test]
+fn final_chunk_must_hold_a_signature() {
+    // A final chunk whose payload is not exactly 64 bytes is refused (only a server with the
+    // response keys could make one, but the client still checks the shape).
+    let (kp, parts, mut client) = setup(b"req");
+    let (_, mut server) = open(&kp, &parts).unwrap();
+    let bogus = server.seal(b"not a signature", true).unwrap();
+    assert!(matches!(client.open_chunk(&bogus), Err(SealError::Malformed(_))));
 }
 
 #[test]
 fn padding_hides_lengths() {
     let (kp, parts, _) = setup(b"req");
     let (_, mut server) = open(&kp, &parts).unwrap();
-    let a = server.seal_chunk(b"a", false).unwrap();
-    let b = server.seal_chunk(&[b'x'; 200], false).unwrap();
+    let a = server.seal_chunk(b"a").unwrap();
+    let b = server.seal_chunk(&[b'x'; 200]).unwrap();
     assert_eq!(a.len(), b.len());
     assert_eq!(a.len(), 256 + TAG_LEN);
-    let c = server.seal_chunk(&[0u8; 253], false).unwrap();
+    let c = server.seal_chunk(&[0u8; 253]).unwrap();
     assert_eq!(c.len(), 1024 + TAG_LEN);
+    let (fin, _) = server
+        .seal_receipt(&ReceiptSigner::from_seed(&[1; 32]), [0; 32], [0; 32])
+        .unwrap();
+    assert_eq!(fin.len(), 256 + TAG_LEN);
     assert_eq!(padded_len(0), 256);
     assert_eq!(padded_len(252), 256);
     assert_eq!(padded_len(65532), 65536);
@@ -371,9 +399,8 @@ fn empty_request_and_empty_chunks() {
     let (kp, parts, mut client) = setup(b"");
     let (req, mut server) = open(&kp, &parts).unwrap();
     assert!(req.is_empty());
-    let w = server.seal_chunk(b"", true).unwrap();
-    assert_eq!(client.open_chunk(&w).unwrap(), (Vec::new(), true));
-    client.finish().unwrap();
+    let w = server.seal_chunk(b"").unwrap();
+    assert_eq!(client.open_chunk(&w).unwrap(), Opened::Data(Vec::new()));
 }
 
 proptest! {
@@ -408,17 +435,19 @@ fn veil_protocol_vector() {
     let (req, mut server) =
         open_request(&kp, &parts, &info, 1_790_000_000, &mut ReplayCache::new(1), 60).unwrap();
     assert_eq!(&req[..], b"hello");
-    let c0 = server.seal_chunk(b"Hi", false).unwrap();
-    let c1 = server.seal_chunk(b"!", true).unwrap();
-    assert_eq!(client.open_chunk(&c0).unwrap(), (b"Hi".to_vec(), false));
-    assert_eq!(client.open_chunk(&c1).unwrap(), (b"!".to_vec(), true));
-    let claims = ReceiptClaims {
-        request_digest: parts.digest(),
-        response_digest: client.response_digest(),
-        model_digest: [0x22; 32],
-        bundle_digest: [0x11; 32],
-    };
-    let sig = ReceiptSigner::from_seed(&[0x33; 32]).sign(&claims);
+    let signer = ReceiptSigner::from_seed(&[0x33; 32]);
+    let c0 = server.seal_chunk(b"Hi").unwrap();
+    let c1 = server.seal_chunk(b"!").unwrap();
+    let (c2, receipt) = server.seal_receipt(&signer, [0x22; 32], [0x11; 32]).unwrap();
+    assert_eq!(client.open_chunk(&c0).unwrap(), Opened::Data(b"Hi".to_vec()));
+    assert_eq!(client.open_chunk(&c1).unwrap(), Opened::Data(b"!".to_vec()));
+    assert_eq!(client.open_chunk(&c2).unwrap(), Opened::Final);
+    let checked = client
+        .verify_receipt(&signer.public_key_bytes(), [0x22; 32], [0x11; 32])
+        .unwrap();
+    assert_eq!(checked, receipt);
+    let claims = receipt.claims;
+    let sig = receipt.signature;
     let got = [
         ("key_id", hex::encode(parts.key_id)),
         ("encapsulated_key", hex::encode(&parts.encapsulated_key)),
@@ -426,6 +455,7 @@ fn veil_protocol_vector() {
         ("request_digest", hex::encode(parts.digest())),
         ("chunk0_sha256", hex::encode(Sha256::digest(&c0))),
         ("chunk1_sha256", hex::encode(Sha256::digest(&c1))),
+        ("chunk2_sha256", hex::encode(Sha256::digest(&c2))),
         ("response_digest", hex::encode(claims.response_digest)),
         ("receipt_message", hex::encode(claims.message())),
         ("receipt_signature", hex::encode(sig)),
@@ -452,7 +482,11 @@ fn veil_protocol_vector() {
         ),
         (
             "chunk1_sha256",
-            "517778ada74de90edd7df4dd95f2ca11958d81baec4397e3f7bbffbf37df8bf3",
+            "c55ded898f638af6c2804facd0214d7aed2fa64b13fca4b124241f4a3ee96ae2",
+        ),
+        (
+            "chunk2_sha256",
+            "92fb07548ecafd9f132916e7001a013406b4a6697849d8227af0cd2b610c13fd",
         ),
         (
             "response_digest",

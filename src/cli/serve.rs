@@ -11,7 +11,9 @@ use veil_engine::backend::DType;
 use veil_engine::runtime::{RuntimeConfig, RuntimeHandle};
 
 use super::model::{ModelArg, load_model};
-use crate::server::{AttestationConfig, AttestationMode, Attestor, Collectors, Limits, ServerConfig};
+use crate::server::{
+    AttestationConfig, AttestationMode, Attestor, Collectors, Limits, SealedConfig, ServerConfig,
+};
 
 /// Arguments of `veil serve`.
 #[derive(Debug, Args)]
@@ -65,8 +67,32 @@ pub(crate) struct ServeArgs {
     /// GetAttestation calls allowed in a burst.
     #[arg(long, default_value_t = 8, value_name = "N")]
     attestation_burst: u32,
+    /// The plaintext Generate and GenerateBatch RPCs: `auto` turns them off when the server is
+    /// confidential (clients must seal requests) and on otherwise; `on` keeps them on even then
+    /// (for benchmarks and development: the operator can read those calls); `off` turns them off.
+    #[arg(long, value_enum, default_value = "auto")]
+    plaintext: PlaintextRpcs,
+    /// Sealed requests whose timestamp differs from the server's clock by more than this are
+    /// refused (and replays are remembered this long).
+    #[arg(long, default_value_t = 120, value_name = "SECS")]
+    seal_window: u32,
+    /// Sealed requests the replay cache remembers within the window; beyond that, new sealed
+    /// requests get RESOURCE_EXHAUSTED until entries expire.
+    #[arg(long, default_value_t = 1 << 18, value_name = "N")]
+    replay_cache: usize,
     #[command(flatten)]
     model: ModelArg,
+}
+
+/// `veil serve --plaintext`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum PlaintextRpcs {
+    /// Off when the server is confidential, on otherwise.
+    Auto,
+    /// On.
+    On,
+    /// Off.
+    Off,
 }
 
 /// The name the server reports for `--model ARG` resolved to `dir`.
@@ -97,6 +123,8 @@ pub(crate) fn run(a: ServeArgs) -> anyhow::Result<()> {
         "--attestation-rate must be a positive number of calls per second"
     );
     anyhow::ensure!(attestation.burst >= 1, "--attestation-burst must be at least 1");
+    anyhow::ensure!(a.seal_window >= 1, "--seal-window must be at least 1 second");
+    anyhow::ensure!(a.replay_cache >= 1, "--replay-cache must be at least 1");
     // Before loading the model: a machine that cannot attest as asked fails fast.
     let collectors = Collectors::detect(&attestation).context("attestation")?;
     let model = load_model(&a.model.model, a.dtype, a.threads)?;
@@ -126,8 +154,22 @@ pub(crate) fn run(a: ServeArgs) -> anyhow::Result<()> {
             max_batch_items: a.max_batch_items,
         },
         shutdown_grace: Duration::from_secs_f64(a.shutdown_grace),
+        plaintext: match a.plaintext {
+            PlaintextRpcs::Auto => !attestor.confidential(),
+            PlaintextRpcs::On => true,
+            PlaintextRpcs::Off => false,
+        },
         attestor,
+        sealed: SealedConfig {
+            window_secs: a.seal_window,
+            replay_capacity: a.replay_cache,
+        },
     };
+    if server_cfg.plaintext && server_cfg.attestor.confidential() {
+        tracing::warn!(
+            "--plaintext on: the plaintext Generate RPCs are on; the operator can read those calls"
+        );
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("veil-server")

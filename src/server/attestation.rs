@@ -10,14 +10,14 @@
 //!   real formats and verifiers, but NOT confidential.
 //! - `auto`: `hardware` when a CPU TEE is present, else `simulated`.
 //!
-//! Then [`Attestor::new`] makes the X25519 session key pair, hashes the running executable,
+//! Then [`Attestor::new`] makes the X25519 session key pair (sealed requests are opened with it)
+//! and the Ed25519 receipt key (it signs sealed calls' receipts), hashes the running executable,
 //! and builds and verifies one bundle for a random nonce with
 //! [`veil_attest::bundle::verify_bundle`] before the server accepts work. Every bundle after
 //! that is made fresh for the client's nonce ([`Attestor::bundle`]): new GPU reports, a new
 //! CPU quote. Whenever the server is not confidential it says so at start-up (a `NOT
 //! CONFIDENTIAL` warning), in `ModelInfo.confidential` and in every bundle's claims.
 
-use std::fmt;
 use std::io;
 use std::sync::Mutex;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -33,7 +33,7 @@ use veil_attest::policy::Policy;
 use veil_attest::simulated::{SimulatedCpu, SimulatedGpu};
 use veil_engine::runtime::ModelInfo;
 use veil_proto::v1::{AttestationBundle, AttestationClaims, GpuState, SessionKey};
-use x25519_dalek::{PublicKey, StaticSecret};
+use veil_seal::{ReceiptSigner, SessionKeyPair};
 
 /// Where the server's evidence comes from (`veil serve --attestation`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -61,35 +61,6 @@ pub(crate) struct AttestationConfig {
 
 /// The session key algorithm named in the claims.
 pub(crate) const SESSION_KEY_ALGORITHM: &str = "x25519";
-
-/// The engine's X25519 session key pair. The secret stays in server memory and is zeroized when
-/// dropped (x25519-dalek's `zeroize` feature); only the public key leaves the process, in the
-/// claims. Sealed sessions decrypt with the secret.
-pub(crate) struct SessionKeyPair {
-    secret: StaticSecret,
-}
-
-impl fmt::Debug for SessionKeyPair {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SessionKeyPair")
-            .field("public", &hex::encode(self.public()))
-            .finish_non_exhaustive()
-    }
-}
-
-impl SessionKeyPair {
-    /// A fresh key pair from the operating system's random generator.
-    pub(crate) fn generate() -> Self {
-        Self {
-            secret: StaticSecret::random_from_rng(OsRng),
-        }
-    }
-
-    /// The public key, raw (32 bytes).
-    pub(crate) fn public(&self) -> [u8; 32] {
-        PublicKey::from(&self.secret).to_bytes()
-    }
-}
 
 /// A token bucket: `rate` tokens per second up to `burst`.
 #[derive(Debug)]
@@ -283,7 +254,8 @@ impl Collectors {
 pub(crate) struct Attestor {
     collectors: Collectors,
     key: SessionKeyPair,
-    model_digest: Vec<u8>,
+    receipts: ReceiptSigner,
+    model_digest: [u8; 32],
     model_name: String,
     backend: String,
     engine_build_digest: [u8; 32],
@@ -311,15 +283,16 @@ impl Attestor {
         info: &ModelInfo,
         cfg: &AttestationConfig,
     ) -> anyhow::Result<Self> {
-        let model_digest = hex::decode(&info.digest)
+        let model_digest: [u8; 32] = hex::decode(&info.digest)
             .ok()
-            .filter(|d| d.len() == 32)
+            .and_then(|d| d.try_into().ok())
             .with_context(|| format!("the model digest {:?} is not 32 bytes of hex", info.digest))?;
         let engine_build_digest =
             executable_digest().context("hashing the running executable (/proc/self/exe)")?;
         let attestor = Self {
             collectors,
             key: SessionKeyPair::generate(),
+            receipts: ReceiptSigner::generate(),
             model_digest,
             model_name: info.name.clone(),
             backend: info.backend.clone(),
@@ -345,7 +318,8 @@ impl Attestor {
         }
         tracing::info!(
             mode = attestor.mode(),
-            session_key = %hex::encode(attestor.key.public()),
+            session_key_id = %hex::encode(attestor.key.key_id()),
+            receipt_key = %hex::encode(attestor.receipts.public_key_bytes()),
             engine_build_digest = %hex::encode(attestor.engine_build_digest),
             "attestation ready"
         );
@@ -415,9 +389,9 @@ impl Attestor {
         AttestationClaims {
             session_keys: vec![SessionKey {
                 algorithm: SESSION_KEY_ALGORITHM.into(),
-                public_key: self.key.public().to_vec(),
+                public_key: self.key.public_key_bytes().to_vec(),
             }],
-            model_digest: self.model_digest.clone(),
+            model_digest: self.model_digest.to_vec(),
             model_name: self.model_name.clone(),
             engine_build_digest: self.engine_build_digest.to_vec(),
             engine_version: env!("CARGO_PKG_VERSION").into(),
@@ -436,7 +410,23 @@ impl Attestor {
                     vbios_version: g.vbios_version.clone(),
                 })
                 .collect(),
+            receipt_public_key: self.receipts.public_key_bytes().to_vec(),
         }
+    }
+
+    /// The session key pair sealed requests are opened with.
+    pub(crate) fn session_key(&self) -> &SessionKeyPair {
+        &self.key
+    }
+
+    /// The key that signs sealed calls' receipts.
+    pub(crate) fn receipt_signer(&self) -> &ReceiptSigner {
+        &self.receipts
+    }
+
+    /// The served model's digest.
+    pub(crate) fn model_digest(&self) -> [u8; 32] {
+        self.model_digest
     }
 
     /// A fresh bundle for `nonce`: the GPUs' current state and new reports, a new CPU quote.
@@ -506,17 +496,6 @@ mod tests {
     }
 
     #[test]
-    fn session_key_pair_is_fresh_and_hides_its_secret() {
-        let a = SessionKeyPair::generate();
-        let b = SessionKeyPair::generate();
-        assert_ne!(a.public(), b.public());
-        assert_eq!(a.public(), a.public());
-        let debug = format!("{a:?}");
-        assert!(debug.contains(&hex::encode(a.public())));
-        assert!(!debug.contains(&hex::encode(a.secret.to_bytes())));
-    }
-
-    #[test]
     fn simulated_collectors_are_not_confidential_and_produce_verifiable_bundles() {
         let cfg = AttestationConfig {
             mode: AttestationMode::Simulated,
@@ -554,7 +533,8 @@ mod tests {
         assert!(!v.confidential && !v.claims.confidential);
         assert_eq!(v.claims.model_digest, "ab".repeat(32));
         assert_eq!(v.session_keys[0].0, "x25519");
-        assert_eq!(v.session_keys[0].1, a.key.public().to_vec());
+        assert_eq!(v.session_keys[0].1, a.key.public_key_bytes().to_vec());
+        assert_eq!(v.receipt_public_key, Some(a.receipts.public_key_bytes()));
         assert_eq!(v.claims.cc_mode, "off");
     }
 }

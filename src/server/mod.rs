@@ -2,8 +2,10 @@
 //!
 //! - [`service`] is the `veil.v1.Inference` service (`proto/veil/v1/inference.proto`) on
 //!   tonic, streaming the engine runtime's events to clients.
-//! - [`attestation`] holds the evidence collectors, the claims, the session key pair and the
-//!   rate limit behind `GetAttestation`.
+//! - [`attestation`] holds the evidence collectors, the claims, the session and receipt keys
+//!   and the rate limit behind `GetAttestation`.
+//! - [`sealed`] opens sealed requests (key id, HPKE, timestamp window, replay cache) and seals
+//!   their response streams, ending with a signed receipt.
 //! - [`convert`] turns protocol messages into engine types and back, and engine validation
 //!   errors into gRPC statuses naming the offending proto field.
 //! - [`metrics`] keeps Prometheus metrics and serves them over plain HTTP at `/metrics`.
@@ -21,6 +23,7 @@
 mod attestation;
 mod convert;
 mod metrics;
+mod sealed;
 mod service;
 mod shutdown;
 
@@ -37,6 +40,7 @@ use veil_engine::runtime::RuntimeHandle;
 use veil_proto::v1::inference_server::InferenceServer;
 
 pub(crate) use attestation::{AttestationConfig, AttestationMode, Attestor, Collectors};
+pub(crate) use sealed::SealedConfig;
 use service::InferenceService;
 pub(crate) use service::Limits;
 
@@ -56,6 +60,10 @@ pub(crate) struct ServerConfig {
     pub(crate) shutdown_grace: Duration,
     /// The server's attestation (verified at start-up).
     pub(crate) attestor: Arc<Attestor>,
+    /// Sealed-call settings.
+    pub(crate) sealed: SealedConfig,
+    /// Whether the plaintext `Generate` and `GenerateBatch` are on.
+    pub(crate) plaintext: bool,
 }
 
 /// Serves `handle` until SIGINT or SIGTERM, then shuts down gracefully (see the module docs).
@@ -95,6 +103,8 @@ pub(crate) async fn serve(handle: RuntimeHandle, cfg: ServerConfig) -> anyhow::R
         metrics,
         cfg.limits,
         cfg.attestor.clone(),
+        cfg.sealed,
+        cfg.plaintext,
     ))
     .max_decoding_message_size(cfg.limits.max_request_bytes);
 
@@ -121,6 +131,7 @@ pub(crate) async fn serve(handle: RuntimeHandle, cfg: ServerConfig) -> anyhow::R
         kv_blocks = info.kv_cache_blocks,
         attestation = cfg.attestor.mode(),
         confidential = cfg.attestor.confidential(),
+        plaintext_rpcs = cfg.plaintext,
         "serving veil.v1.Inference"
     );
     eprintln!("listening on {addr}");

@@ -21,9 +21,14 @@ use tonic::{Request, Response, Status};
 use veil_engine::runtime::{self, Event, FinishReason, RequestStream, RuntimeHandle, SubmitError};
 use veil_proto::v1;
 
+use prost::Message;
+use veil_proto::v1::sealed_payload::Body;
+use veil_seal::SealedRpc;
+
 use super::attestation::Attestor;
 use super::convert::{self, InputKind, Site};
 use super::metrics::Metrics;
+use super::sealed::{OpenedRequest, SealedCalls, SealedConfig, seal_stream};
 
 /// Messages buffered per call between the forwarding task and the transport.
 const CHANNEL_DEPTH: usize = 64;
@@ -46,8 +51,14 @@ pub(crate) struct InferenceService {
     metrics: Arc<Metrics>,
     limits: Limits,
     attestor: Arc<Attestor>,
+    sealed: SealedCalls,
+    /// Whether the plaintext `Generate` and `GenerateBatch` are on.
+    plaintext: bool,
     next_id: AtomicU64,
 }
+
+/// A call's stream of messages, as the plaintext RPCs send them.
+type Messages<M> = mpsc::Receiver<Result<M, Status>>;
 
 impl InferenceService {
     /// A service over a started runtime.
@@ -56,64 +67,49 @@ impl InferenceService {
         metrics: Arc<Metrics>,
         limits: Limits,
         attestor: Arc<Attestor>,
+        sealed: SealedConfig,
+        plaintext: bool,
     ) -> Self {
         Self {
             handle,
             metrics,
             limits,
             attestor,
+            sealed: SealedCalls::new(sealed),
+            plaintext,
             next_id: AtomicU64::new(1),
         }
     }
 
-    /// Submits on a blocking thread (validation tokenizes the input).
-    async fn submit(&self, req: runtime::Request) -> Result<RequestStream, SubmitError> {
-        submit(self.handle.clone(), req).await
+    /// Refuses plaintext calls on a server that turned them off.
+    fn check_plaintext(&self, rpc: &str) -> Result<(), Status> {
+        if self.plaintext {
+            Ok(())
+        } else {
+            self.metrics.record_rejected("plaintext_off");
+            Err(Status::unimplemented(format!(
+                "plaintext {rpc} is off on this server (ModelInfo.plaintext_enabled = false): seal \
+                 the request to the attested engine with Sealed{rpc} (docs/protocol.md)"
+            )))
+        }
     }
-}
 
-/// Submits on a blocking thread (validation tokenizes the input, which may take a while).
-async fn submit(handle: RuntimeHandle, req: runtime::Request) -> Result<RequestStream, SubmitError> {
-    match tokio::task::spawn_blocking(move || handle.submit(req)).await {
-        Ok(r) => r,
-        // The blocking pool only fails to run the closure while the runtime shuts down.
-        Err(_) => Err(SubmitError::ShuttingDown),
+    /// Opens a sealed request, or fails the call with a status that reveals nothing of it.
+    fn open_sealed(&self, id: u64, req: &v1::SealedRequest, rpc: SealedRpc) -> Result<OpenedRequest, Status> {
+        self.sealed.open(&self.attestor, req, rpc).inspect_err(|s| {
+            self.metrics.record_rejected("sealed_open");
+            tracing::info!(id, rpc = rpc.name(), code = ?s.code(), "sealed request refused");
+        })
     }
-}
 
-/// Why a submission was refused, for logs: the field's name, never its value (error messages
-/// may quote what the client sent).
-fn refusal(e: &SubmitError) -> &'static str {
-    match e {
-        SubmitError::Invalid { field, .. } | SubmitError::TooLarge { field, .. } => field,
-        SubmitError::QueueFull(_) => "queue full",
-        SubmitError::ShuttingDown => "shutting down",
-    }
-}
-
-/// A far-away instant standing in for "no deadline".
-fn far_future() -> Instant {
-    Instant::now() + Duration::from_secs(365 * 24 * 3600)
-}
-
-/// The status of a call whose deadline passed.
-fn deadline_status() -> Status {
-    Status::deadline_exceeded("the call's deadline passed before generation finished")
-}
-
-#[tonic::async_trait]
-impl v1::inference_server::Inference for InferenceService {
-    type GenerateStream = ReceiverStream<Result<v1::GenerateResponse, Status>>;
-    type GenerateBatchStream = ReceiverStream<Result<v1::GenerateBatchResponse, Status>>;
-
-    async fn generate(
+    /// Converts and submits one request; returns its message stream.
+    async fn start_generate(
         &self,
-        request: Request<v1::GenerateRequest>,
-    ) -> Result<Response<Self::GenerateStream>, Status> {
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let timeout = convert::grpc_timeout(request.metadata());
+        id: u64,
+        req: v1::GenerateRequest,
+        timeout: Option<Duration>,
+    ) -> Result<Messages<v1::GenerateResponse>, Status> {
         let deadline = timeout.map(|t| Instant::now() + t);
-        let req = request.into_inner();
         let params = req.params.unwrap_or_default();
         let ctx = self.handle.model_info().context_length;
         let conv = convert::to_engine(
@@ -148,17 +144,17 @@ impl v1::inference_server::Inference for InferenceService {
             deadline,
             self.metrics.clone(),
         ));
-        Ok(Response::new(ReceiverStream::new(rx)))
+        Ok(rx)
     }
 
-    async fn generate_batch(
+    /// Checks and converts a batch, then runs it; returns its message stream.
+    fn start_batch(
         &self,
-        request: Request<v1::GenerateBatchRequest>,
-    ) -> Result<Response<Self::GenerateBatchStream>, Status> {
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let timeout = convert::grpc_timeout(request.metadata());
+        id: u64,
+        req: v1::GenerateBatchRequest,
+        timeout: Option<Duration>,
+    ) -> Result<Messages<v1::GenerateBatchResponse>, Status> {
         let deadline = timeout.map(|t| Instant::now() + t);
-        let req = request.into_inner();
         let reject = |s: Status| {
             self.metrics.record_rejected("invalid_argument");
             s
@@ -207,7 +203,119 @@ impl v1::inference_server::Inference for InferenceService {
             deadline,
             self.metrics.clone(),
         ));
+        Ok(rx)
+    }
+
+    /// Seals the stream of a started sealed call (or the status that refused it).
+    fn sealed_stream<M: Send + 'static>(
+        &self,
+        opened: OpenedRequest,
+        inner: Result<Messages<M>, Status>,
+        wrap: fn(M) -> Body,
+    ) -> ReceiverStream<Result<v1::SealedResponse, Status>> {
+        let (tx, rx) = mpsc::channel(CHANNEL_DEPTH);
+        tokio::spawn(seal_stream(inner, wrap, opened, self.attestor.clone(), tx));
+        ReceiverStream::new(rx)
+    }
+
+    /// Submits on a blocking thread (validation tokenizes the input).
+    async fn submit(&self, req: runtime::Request) -> Result<RequestStream, SubmitError> {
+        submit(self.handle.clone(), req).await
+    }
+}
+
+/// Decodes an opened request.
+fn decode_opened<Req: Message + Default>(opened: &OpenedRequest, metrics: &Metrics) -> Result<Req, Status> {
+    Req::decode(opened.plaintext.as_slice()).map_err(|_| {
+        metrics.record_rejected("invalid_argument");
+        convert::invalid("request", "the opened request does not decode")
+    })
+}
+
+/// Submits on a blocking thread (validation tokenizes the input, which may take a while).
+async fn submit(handle: RuntimeHandle, req: runtime::Request) -> Result<RequestStream, SubmitError> {
+    match tokio::task::spawn_blocking(move || handle.submit(req)).await {
+        Ok(r) => r,
+        // The blocking pool only fails to run the closure while the runtime shuts down.
+        Err(_) => Err(SubmitError::ShuttingDown),
+    }
+}
+
+/// Why a submission was refused, for logs: the field's name, never its value (error messages
+/// may quote what the client sent).
+fn refusal(e: &SubmitError) -> &'static str {
+    match e {
+        SubmitError::Invalid { field, .. } | SubmitError::TooLarge { field, .. } => field,
+        SubmitError::QueueFull(_) => "queue full",
+        SubmitError::ShuttingDown => "shutting down",
+    }
+}
+
+/// A far-away instant standing in for "no deadline".
+fn far_future() -> Instant {
+    Instant::now() + Duration::from_secs(365 * 24 * 3600)
+}
+
+/// The status of a call whose deadline passed.
+fn deadline_status() -> Status {
+    Status::deadline_exceeded("the call's deadline passed before generation finished")
+}
+
+#[tonic::async_trait]
+impl v1::inference_server::Inference for InferenceService {
+    type GenerateStream = ReceiverStream<Result<v1::GenerateResponse, Status>>;
+    type GenerateBatchStream = ReceiverStream<Result<v1::GenerateBatchResponse, Status>>;
+    type SealedGenerateStream = ReceiverStream<Result<v1::SealedResponse, Status>>;
+    type SealedGenerateBatchStream = ReceiverStream<Result<v1::SealedResponse, Status>>;
+
+    async fn generate(
+        &self,
+        request: Request<v1::GenerateRequest>,
+    ) -> Result<Response<Self::GenerateStream>, Status> {
+        self.check_plaintext("Generate")?;
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let timeout = convert::grpc_timeout(request.metadata());
+        let rx = self.start_generate(id, request.into_inner(), timeout).await?;
         Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn generate_batch(
+        &self,
+        request: Request<v1::GenerateBatchRequest>,
+    ) -> Result<Response<Self::GenerateBatchStream>, Status> {
+        self.check_plaintext("GenerateBatch")?;
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let timeout = convert::grpc_timeout(request.metadata());
+        let rx = self.start_batch(id, request.into_inner(), timeout)?;
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn sealed_generate(
+        &self,
+        request: Request<v1::SealedRequest>,
+    ) -> Result<Response<Self::SealedGenerateStream>, Status> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let timeout = convert::grpc_timeout(request.metadata());
+        let opened = self.open_sealed(id, request.get_ref(), SealedRpc::Generate)?;
+        tracing::debug!(id, "sealed generate opened");
+        // Decoding and submitting run before the stream starts, as for the plaintext call.
+        let inner = match decode_opened(&opened, &self.metrics) {
+            Ok(req) => self.start_generate(id, req, timeout).await,
+            Err(s) => Err(s),
+        };
+        Ok(Response::new(self.sealed_stream(opened, inner, Body::Response)))
+    }
+
+    async fn sealed_generate_batch(
+        &self,
+        request: Request<v1::SealedRequest>,
+    ) -> Result<Response<Self::SealedGenerateBatchStream>, Status> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let timeout = convert::grpc_timeout(request.metadata());
+        let opened = self.open_sealed(id, request.get_ref(), SealedRpc::GenerateBatch)?;
+        tracing::debug!(id, "sealed generate_batch opened");
+        let inner = decode_opened(&opened, &self.metrics).and_then(|req| self.start_batch(id, req, timeout));
+        Ok(Response::new(self.sealed_stream(opened, inner, Body::BatchItem)))
     }
 
     async fn model_info(
@@ -238,6 +346,8 @@ impl v1::inference_server::Inference for InferenceService {
             eos_token_ids: i.eos_token_ids.clone(),
             confidential: self.attestor.confidential(),
             attestation: self.attestor.mode().to_owned(),
+            plaintext_enabled: self.plaintext,
+            sealed_enabled: true,
         }))
     }
 
