@@ -24,11 +24,12 @@ use clap::{Args, Subcommand};
 use prost::Message;
 use rand_core::{OsRng, RngCore};
 use tonic::transport::Endpoint;
-use veil_attest::Error as AttestError;
 use veil_attest::bundle::{Verdict, decode_bundle, verify_bundle};
 use veil_attest::policy::Policy;
 use veil_proto::v1::GetAttestationRequest;
 use veil_proto::v1::inference_client::InferenceClient;
+
+use super::remote::{load_policy, rejection};
 
 /// `veil attest` subcommands.
 #[derive(Debug, Subcommand)]
@@ -78,22 +79,6 @@ pub(crate) fn run(c: AttestCommand) -> anyhow::Result<()> {
         AttestCommand::Inspect(a) => inspect::run(a),
         AttestCommand::Verify(a) => verify(a),
         AttestCommand::Fetch(a) => fetch(a),
-    }
-}
-
-fn load_policy(path: &PathBuf) -> anyhow::Result<Policy> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    Policy::from_toml(&text).with_context(|| format!("policy {}", path.display()))
-}
-
-/// Explains a verification failure, with a hint where one helps.
-fn rejection(e: &AttestError) -> String {
-    match e {
-        AttestError::SimulatedNotAllowed(_) => format!(
-            "{e} (the server attests with simulated evidence; to accept that anyway, knowing the \
-             session is NOT confidential, pass --policy with allow_simulated = true)"
-        ),
-        _ => e.to_string(),
     }
 }
 

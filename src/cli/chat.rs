@@ -4,29 +4,25 @@
 //! turn as a `ChatInput` and streams the reply's text to stdout as it arrives. `/reset` starts
 //! a new conversation, `/exit` (or end of input) quits. Works with piped stdin as well as a
 //! terminal; prompts and notices go to stderr, only replies to stdout.
+//!
+//! Every turn is a sealed call to the attested engine (`--policy` says what the server must
+//! prove; see [`super::remote`]); before the first prompt the user sees what was verified, or a
+//! plain warning when the session is not confidential. `--plaintext` uses the plaintext RPC.
 
 use std::io::{BufRead, IsTerminal, Write};
-use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
-use tonic::transport::{Channel, Endpoint};
 use veil_proto::v1::generate_request::Input;
-use veil_proto::v1::generate_response::Event;
-use veil_proto::v1::inference_client::InferenceClient;
-use veil_proto::v1::{
-    ChatInput, ChatMessage, FinishReason, GenerateRequest, GenerationParams, ModelInfoRequest,
-};
+use veil_proto::v1::{ChatInput, ChatMessage, FinishReason, GenerateRequest, GenerationParams};
 
-/// The server address used when `--server` is not given.
-pub(super) const DEFAULT_SERVER: &str = "http://127.0.0.1:50051";
+use super::remote::{Remote, RemoteArgs, server_url};
 
 /// Arguments of `veil chat`.
 #[derive(Debug, Args)]
 pub(crate) struct ChatArgs {
-    /// The server: URL or HOST:PORT.
-    #[arg(long, default_value = DEFAULT_SERVER, env = "VEIL_SERVER")]
-    server: String,
+    #[command(flatten)]
+    remote: RemoteArgs,
     /// System message that opens the conversation (kept across /reset).
     #[arg(long)]
     system: Option<String>,
@@ -41,57 +37,18 @@ pub(crate) struct ChatArgs {
     seed: Option<u64>,
 }
 
-/// `http://HOST:PORT` for a bare `HOST:PORT`; URLs are kept as they are.
-pub(super) fn server_url(server: &str) -> String {
-    if server.contains("://") {
-        server.to_string()
-    } else {
-        format!("http://{server}")
-    }
-}
-
-/// Connects to a Veil server.
-pub(super) async fn connect(server: &str) -> anyhow::Result<InferenceClient<Channel>> {
-    let url = server_url(server);
-    let endpoint = Endpoint::from_shared(url.clone())
-        .with_context(|| format!("invalid server address {server:?}"))?
-        .connect_timeout(Duration::from_secs(10))
-        .tcp_nodelay(true);
-    let channel = endpoint
-        .connect()
-        .await
-        .with_context(|| format!("cannot connect to the Veil server at {url} (is `veil serve` running?)"))?;
-    Ok(InferenceClient::new(channel))
-}
-
-/// A readable description of a failed call.
-pub(super) fn status_error(s: &tonic::Status) -> String {
-    let msg = s.message();
-    match s.code() {
-        tonic::Code::Unavailable => format!("server unavailable: {msg}"),
-        code if msg.is_empty() => format!("server returned {code:?}"),
-        code => format!("server returned {code:?}: {msg}"),
-    }
-}
-
 pub(crate) fn run(a: ChatArgs) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    let mut client = rt.block_on(connect(&a.server))?;
+    // Attests the server (or warns about plaintext) before the first prompt.
+    let mut remote = rt.block_on(Remote::connect(&a.remote))?;
     let interactive = std::io::stdin().is_terminal();
     if interactive {
-        let info = rt
-            .block_on(client.model_info(ModelInfoRequest {}))
-            .map_err(|s| anyhow::anyhow!(status_error(&s)))?
-            .into_inner();
         eprintln!(
-            "connected to {} ({}, {}, {}); /reset starts over, /exit quits",
-            server_url(&a.server),
-            info.name,
-            info.dtype,
-            info.backend
+            "connected to {}; /reset starts over, /exit quits",
+            server_url(&a.remote.server)
         );
     }
     let base: Vec<ChatMessage> = a
@@ -138,7 +95,7 @@ pub(crate) fn run(a: ChatArgs) -> anyhow::Result<()> {
             content: text.to_string(),
         });
         turns += 1;
-        match rt.block_on(reply(&mut client, &history, &a)) {
+        match rt.block_on(reply(&mut remote, &history, &a)) {
             Ok(reply) => history.push(ChatMessage {
                 role: "assistant".into(),
                 content: reply,
@@ -158,11 +115,7 @@ pub(crate) fn run(a: ChatArgs) -> anyhow::Result<()> {
 }
 
 /// Sends the conversation and streams the reply to stdout; returns the reply's text.
-async fn reply(
-    client: &mut InferenceClient<Channel>,
-    history: &[ChatMessage],
-    a: &ChatArgs,
-) -> anyhow::Result<String> {
+async fn reply(remote: &mut Remote, history: &[ChatMessage], a: &ChatArgs) -> anyhow::Result<String> {
     let req = GenerateRequest {
         input: Some(Input::Chat(ChatInput {
             messages: history.to_vec(),
@@ -174,31 +127,20 @@ async fn reply(
             ..Default::default()
         }),
     };
-    let mut stream = client
-        .generate(req)
-        .await
-        .map_err(|s| anyhow::anyhow!(status_error(&s)))?
-        .into_inner();
     let stdout = std::io::stdout();
     let mut text = String::new();
-    let mut finished = None;
-    let result = loop {
-        match stream.message().await {
-            Ok(Some(msg)) => match msg.event {
-                Some(Event::Delta(d)) if !d.text.is_empty() => {
-                    let mut out = stdout.lock();
-                    out.write_all(d.text.as_bytes())
-                        .and_then(|()| out.flush())
-                        .context("writing to stdout")?;
-                    text.push_str(&d.text);
-                }
-                Some(Event::Finished(f)) => finished = Some(f),
-                _ => {}
-            },
-            Ok(None) => break Ok(()),
-            Err(s) => break Err(anyhow::anyhow!(status_error(&s))),
-        }
-    };
+    let result = remote
+        .generate(&req, |d| {
+            if !d.text.is_empty() {
+                let mut out = stdout.lock();
+                out.write_all(d.text.as_bytes())
+                    .and_then(|()| out.flush())
+                    .context("writing to stdout")?;
+                text.push_str(&d.text);
+            }
+            Ok(())
+        })
+        .await;
     // End the reply's line even when it failed half-way.
     {
         let mut out = stdout.lock();
@@ -206,8 +148,7 @@ async fn reply(
             .and_then(|()| out.flush())
             .context("writing to stdout")?;
     }
-    result?;
-    let f = finished.context("the reply ended without its final message")?;
+    let f = result?.finished;
     match FinishReason::try_from(f.reason) {
         Ok(FinishReason::Stop) => {}
         Ok(FinishReason::Length) => eprintln!("(reply cut short: token limit reached)"),
@@ -216,26 +157,4 @@ async fn reply(
         _ => anyhow::bail!("unknown finish reason {}", f.reason),
     }
     Ok(text)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn server_urls() {
-        assert_eq!(server_url("127.0.0.1:50051"), "http://127.0.0.1:50051");
-        assert_eq!(server_url("http://h:1"), "http://h:1");
-        assert_eq!(server_url("https://h:1"), "https://h:1");
-    }
-
-    #[test]
-    fn status_messages() {
-        let s = tonic::Status::invalid_argument("params.top_p: must be in (0, 1]");
-        assert_eq!(
-            status_error(&s),
-            "server returned InvalidArgument: params.top_p: must be in (0, 1]"
-        );
-        assert!(status_error(&tonic::Status::unavailable("down")).starts_with("server unavailable"));
-    }
 }

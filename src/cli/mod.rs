@@ -5,6 +5,7 @@ mod bench;
 mod chat;
 mod generate;
 mod model;
+mod remote;
 mod serve;
 mod tokenize;
 

@@ -50,19 +50,34 @@ impl Server {
 
     /// As [`Server::spawn`], but a server that exits before listening gives its log.
     pub fn try_spawn(args: &[String]) -> Result<Server, String> {
+        Server::try_spawn_logging(args, "info")
+    }
+
+    /// As [`Server::try_spawn`] with `VEIL_LOG=filter`; stdout is captured into the log too.
+    pub fn try_spawn_logging(args: &[String], filter: &str) -> Result<Server, String> {
         let model: PathBuf = super::model_dir();
         let mut child = Command::new(env!("CARGO_BIN_EXE_veil"))
             .args(["serve", "--listen", "127.0.0.1:0", "--model"])
             .arg(model)
             .args(args)
-            .env("VEIL_LOG", "info")
+            .env("VEIL_LOG", filter)
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .expect("start veil serve");
         let stderr = child.stderr.take().expect("stderr");
+        let stdout = child.stdout.take().expect("stdout");
         let log = Arc::new(Mutex::new(String::new()));
+        let log_out = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                let mut l = log_out.lock().expect("log");
+                l.push_str(&line);
+                l.push('\n');
+            }
+        });
         let (tx, rx) = mpsc::channel();
         let log2 = log.clone();
         std::thread::spawn(move || {
