@@ -1,3 +1,10 @@
+#!/usr/bin/env python3
+"""Independent implementation of the sealed-session test vector of docs/protocol.md section 8.
+
+Written from the page alone (X25519, AES-GCM and Ed25519 from `cryptography`; the HPKE key
+schedule of RFC 9180 by hand). Prints the values the `veil_protocol_vector` test in
+seal/src/tests.rs pins:  python3 scripts/protocol_vector.py
+"""
 import hashlib, hmac, struct
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM

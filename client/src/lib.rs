@@ -19,6 +19,7 @@
 
 mod attested;
 mod error;
+mod receipt;
 mod stream;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -35,6 +36,7 @@ use zeroize::Zeroizing;
 
 pub use attested::Attested;
 pub use error::{ClientError, Result};
+pub use receipt::check_receipt;
 pub use stream::{OpenedChunk, ResponseOpener, SealedMessage, SealedStream};
 pub use veil_attest::policy::Policy;
 pub use veil_seal::{Receipt, ReceiptClaims, SealedRpc};

@@ -11,10 +11,12 @@
 //!   0 only when the bundle verifies.
 //! - `fetch --server URL` asks a server for a bundle with a fresh random nonce and verifies it
 //!   (by default with the strict policy, which rejects simulated evidence).
+//! - `receipt FILE` checks a sealed call's saved receipt against the bundle saved with it.
 //!
 //! Times (`--at`) are Unix seconds or RFC 3339 (`2025-07-01T12:00:00Z`).
 
 mod inspect;
+mod receipt;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -41,6 +43,9 @@ pub(crate) enum AttestCommand {
     Verify(VerifyArgs),
     /// Ask a server for a bundle with a fresh nonce and verify it.
     Fetch(FetchArgs),
+    /// Check a sealed call's receipt (saved by `veil generate --server --receipt FILE`) against
+    /// the bundle saved with it, and optionally the bundle against a policy.
+    Receipt(receipt::ReceiptArgs),
 }
 
 /// Arguments of `veil attest verify`.
@@ -79,11 +84,12 @@ pub(crate) fn run(c: AttestCommand) -> anyhow::Result<()> {
         AttestCommand::Inspect(a) => inspect::run(a),
         AttestCommand::Verify(a) => verify(a),
         AttestCommand::Fetch(a) => fetch(a),
+        AttestCommand::Receipt(a) => receipt::run(a),
     }
 }
 
 /// Prints a verdict: the JSON on stdout, the summary in plain words on stderr.
-fn print_verdict(v: &Verdict) -> anyhow::Result<()> {
+pub(super) fn print_verdict(v: &Verdict) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(v)?);
     eprintln!("{}", v.summary);
     if !v.confidential {
@@ -164,7 +170,7 @@ fn now() -> u64 {
 }
 
 /// Unix seconds or RFC 3339 (`2025-07-01T12:00:00Z`, `2025-07-01T14:00:00.5+02:00`).
-fn parse_time(s: &str) -> anyhow::Result<u64> {
+pub(super) fn parse_time(s: &str) -> anyhow::Result<u64> {
     let s = s.trim();
     if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
         return s
