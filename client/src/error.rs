@@ -6,7 +6,7 @@ use veil_seal::SealError;
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     /// The server address is not a valid URI, or no connection could be made.
-    #[error("cannot connect to {url}: {reason}")]
+    #[error("cannot connect to the Veil server at {url}: {reason}")]
     Connect {
         /// The URL tried.
         url: String,
