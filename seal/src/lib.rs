@@ -521,7 +521,7 @@ impl ServerSession {
         let ct = k
             .cipher
             .encrypt(
-                Nonce::from_slice(&nonce),
+                &Nonce::from(nonce),
                 Payload {
                     msg: &padded,
                     aad: &aad,
@@ -566,7 +566,7 @@ impl ClientSession {
         for is_final in [false, true] {
             let aad = k.aad(is_final);
             if let Ok(pt) = k.cipher.decrypt(
-                Nonce::from_slice(&nonce),
+                &Nonce::from(nonce),
                 Payload {
                     msg: ciphertext,
                     aad: &aad,
