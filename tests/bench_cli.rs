@@ -202,7 +202,14 @@ fn bench_and_chat_against_a_live_server() {
     );
     assert!(rows[2].trim_start().starts_with("2 "), "{stdout}");
 
-    // Chat: two piped lines, two streamed replies.
+    // Plaintext against sealed, on the same server (simulated evidence, plaintext RPCs on).
+    // A policy that accepts the server's simulated evidence, for the sealed calls below.
+    let policy = dir.path().join("simulated.toml");
+    std::fs::write(&policy, "allow_simulated = true\n").expect("write policy");
+    sealed_comparison(&server, &policy, dir.path());
+    strict_policy_is_refused(&server);
+
+    // Chat (sealed): two piped lines, two streamed replies.
     let mut child = veil()
         .args([
             "chat",
@@ -212,7 +219,9 @@ fn bench_and_chat_against_a_live_server() {
             "0",
             "--max-tokens",
             "12",
+            "--policy",
         ])
+        .arg(&policy)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -238,6 +247,101 @@ fn bench_and_chat_against_a_live_server() {
         stdout.lines().filter(|l| !l.trim().is_empty()).count() >= 2,
         "{stdout:?}"
     );
+}
+
+/// `veil bench --sealed` with a policy that accepts simulated evidence: a comparison table per
+/// level with both modes, and both in the JSON report.
+fn sealed_comparison(server: &Server, policy: &std::path::Path, dir: &std::path::Path) {
+    let json_path = dir.join("sealed.json");
+    let (stdout, _) = bench(
+        server,
+        &[
+            "--sealed",
+            "--policy",
+            policy.to_str().expect("utf-8 path"),
+            "--prompt-tokens",
+            "8",
+            "--output-tokens",
+            "4",
+            "--requests",
+            "4",
+            "--sweep",
+            "1,2",
+            "--rounds",
+            "1",
+            "--json",
+            json_path.to_str().expect("utf-8 path"),
+        ],
+    );
+    assert!(stdout.contains("attestation: verified in"), "{stdout}");
+    for level in ["1 client", "2 clients"] {
+        assert!(
+            stdout.contains(&format!(
+                "plaintext vs sealed, closed loop, {level}: 1 round(s) each"
+            )),
+            "{stdout}"
+        );
+    }
+    let counts: Vec<Vec<&str>> = stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix("requests ok/errors"))
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(counts, [["4/0", "4/0"], ["4/0", "4/0"]], "{stdout}");
+    assert!(
+        stdout.contains("goal: sealed output tokens/s within 2% of plaintext"),
+        "{stdout}"
+    );
+    let doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json_path).expect("read JSON")).expect("parse JSON");
+    assert_eq!(doc["parameters"]["sealed"], true);
+    assert_eq!(doc["parameters"]["rounds"], 1);
+    let cmp = &doc["sealed_comparison"];
+    assert_eq!(cmp["goal_max_throughput_diff_pct"], 2.0);
+    assert_eq!(cmp["attestation"]["confidential"], false);
+    assert!(f(&cmp["attestation"]["latency_s"]) > 0.0);
+    let levels = cmp["levels"].as_array().expect("levels");
+    assert_eq!(levels.len(), 2);
+    for (l, clients) in levels.iter().zip([1, 2]) {
+        assert_eq!(l["concurrency"], clients);
+        assert_eq!(l["order"], serde_json::json!(["plaintext", "sealed"]));
+        for mode in ["plaintext", "sealed"] {
+            assert_eq!(l[mode]["requests"], 4, "{mode}: {}", l[mode]);
+            assert_eq!(l[mode]["ok"], 4, "{mode}: {}", l[mode]);
+            assert!(f(&l[mode]["output_tokens_per_s"]) > 0.0);
+            assert_ordered(&l[mode]["ttft_s"], mode);
+        }
+        // The same requests in both modes.
+        let prompts = |mode: &str| -> Vec<u64> {
+            let mut v: Vec<u64> = l[mode]["request_records"]
+                .as_array()
+                .expect("records")
+                .iter()
+                .map(|r| r["prompt_tokens"].as_u64().expect("prompt tokens"))
+                .collect();
+            v.sort_unstable();
+            v
+        };
+        assert_eq!(prompts("plaintext"), prompts("sealed"));
+        assert!(f(&l["throughput_ratio"]) > 0.0);
+        assert!(l["within_goal"].is_boolean());
+    }
+}
+
+/// `veil bench --sealed` without a policy: the strict default refuses simulated evidence and
+/// says how to accept it.
+fn strict_policy_is_refused(server: &Server) {
+    let out = veil()
+        .args(["bench", "--server", &server.addr, "--sealed", "--requests", "1"])
+        .output()
+        .expect("run veil bench");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("does not verify") && stderr.contains("allow_simulated = true"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
 }
 
 #[test]
@@ -271,4 +375,15 @@ fn chat_and_bench_report_an_unreachable_server() {
         .expect("run");
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("empty range"));
+
+    // --sealed compares closed-loop levels only; --rounds and --policy need --sealed.
+    for args in [
+        &["--sealed", "--rate", "5"][..],
+        &["--rounds", "3"],
+        &["--policy", "p.toml"],
+    ] {
+        let out = veil().arg("bench").args(args).output().expect("run");
+        assert!(!out.status.success(), "{args:?}");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("--"), "{args:?}");
+    }
 }

@@ -8,9 +8,14 @@
 //! throughput counts the completion tokens the server reports. Latencies are measured on the
 //! client: TTFT from sending the request to the first message carrying a token, TPOT as (last
 //! token time - first token time) / (tokens - 1).
+//!
+//! `--sealed` runs the same workload in plaintext and sealed (`SealedGenerate`), alternating, at
+//! each closed-loop level, and compares the two (see [`sealed`]).
 
 mod load;
 mod report;
+mod sealed;
+mod transport;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -21,17 +26,17 @@ use anyhow::Context;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
-use tonic::transport::Channel;
 use veil_proto::v1::generate_request::Input;
 use veil_proto::v1::generate_response::Event;
-use veil_proto::v1::inference_client::InferenceClient;
 use veil_proto::v1::{
     FinishReason, GenerateRequest, GenerationParams, ModelInfoRequest, ModelInfoResponse, TokenInput,
 };
 
 use self::load::{LengthSpec, RequestSpec, Workload};
 use self::report::{LevelResult, Mode, RequestRecord};
-use super::chat::{DEFAULT_SERVER, connect, server_url, status_error};
+use self::sealed::SealedReport;
+use self::transport::Transport;
+use super::remote::{DEFAULT_SERVER, connect, server_url, status_error};
 
 /// Arguments of `veil bench`.
 #[derive(Debug, Args)]
@@ -39,11 +44,12 @@ pub(crate) struct BenchArgs {
     /// The server: URL or HOST:PORT.
     #[arg(long, default_value = DEFAULT_SERVER, env = "VEIL_SERVER")]
     server: String,
-    /// Closed loop: this many clients, each sending its next request when the previous ends.
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=4096))]
-    concurrency: u32,
+    /// Closed loop: this many clients, each sending its next request when the previous ends
+    /// [default: 1; with --sealed, levels 1 and 16].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    concurrency: Option<u32>,
     /// Open loop: Poisson arrivals at this many requests per second, unbounded in flight.
-    #[arg(long, conflicts_with_all = ["concurrency", "sweep"])]
+    #[arg(long, conflicts_with_all = ["concurrency", "sweep", "sealed"])]
     rate: Option<f64>,
     /// Closed-loop sweep: measure at each of these concurrencies in turn (e.g. 1,4,16,64).
     #[arg(long, value_delimiter = ',', conflicts_with = "concurrency",
@@ -81,6 +87,22 @@ pub(crate) struct BenchArgs {
     /// Write all parameters and results (every request included) as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Measure the cost of sealing: run the same workload in plaintext and sealed
+    /// (`SealedGenerate`, attested first), alternating, at each closed-loop level, and compare
+    /// them. The server must have its plaintext RPCs on (`veil serve --plaintext on`; a
+    /// simulated server has them on by default).
+    #[arg(long)]
+    sealed: bool,
+    /// With --sealed: the attestation policy (TOML, see docs/attestation.md) the server must
+    /// satisfy [default: strict: hardware evidence only, GPUs in CC mode].
+    #[arg(long, value_name = "FILE", requires = "sealed")]
+    policy: Option<PathBuf>,
+    /// With --sealed: measure each mode this many times per level, in the order plaintext,
+    /// sealed, sealed, plaintext, ... (balanced against drift); each measurement stops as a
+    /// level does (--requests, --requests-per-client, --duration); results are pooled per mode.
+    #[arg(long, default_value_t = 2, requires = "sealed",
+          value_parser = clap::value_parser!(u32).range(1..=1000))]
+    rounds: u32,
 }
 
 /// When a phase stops sending requests.
@@ -123,9 +145,8 @@ pub(crate) fn run(a: BenchArgs) -> anyhow::Result<()> {
 }
 
 async fn bench(a: BenchArgs) -> anyhow::Result<()> {
-    let client = connect(&a.server).await?;
+    let mut client = connect(&a.server).await?;
     let info = client
-        .clone()
         .model_info(ModelInfoRequest {})
         .await
         .map_err(|s| anyhow::anyhow!("ModelInfo: {}", status_error(&s)))?
@@ -150,38 +171,30 @@ async fn bench(a: BenchArgs) -> anyhow::Result<()> {
         info.context_length,
         info.limits.as_ref().map_or(0, |l| l.max_seqs),
     );
-    let modes: Vec<Mode> = if let Some(rate) = a.rate {
-        vec![Mode::Open { rate }]
-    } else if !a.sweep.is_empty() {
-        a.sweep
-            .iter()
-            .map(|&c| Mode::Closed {
-                concurrency: c as usize,
-            })
-            .collect()
-    } else {
-        vec![Mode::Closed {
-            concurrency: a.concurrency as usize,
-        }]
-    };
+    if !info.plaintext_enabled {
+        anyhow::bail!(
+            "the server's plaintext Generate RPCs are off (ModelInfo.plaintext_enabled = false; a \
+             confidential server turns them off): veil bench{} needs them, restart the server \
+             with `veil serve --plaintext on`",
+            if a.sealed {
+                " --sealed compares against them and"
+            } else {
+                ""
+            }
+        );
+    }
+    let modes = modes(&a);
     let workload = Workload::new(a.seed, a.prompt_tokens, a.output_tokens, info.vocab_size);
-    let warmup_workload = Workload::new(
-        a.seed ^ 0x5741_524D_5550,
-        a.prompt_tokens,
-        a.output_tokens,
-        info.vocab_size,
-    );
-    let mut levels = Vec::new();
+    let plain = Transport::Plain(client);
+    if a.sealed {
+        let report = sealed::compare(&a, &plain, &modes, &workload).await?;
+        return write_json(&a, &info, &[], Some(&report));
+    }
+    let mut results = Vec::new();
     for mode in modes {
-        if a.warmup > 0 {
-            let stop = StopAt {
-                requests: Some(a.warmup),
-                duration: None,
-            };
-            run_phase(&client, &a, mode, &warmup_workload, stop, "warmup").await;
-        }
+        warmup(&plain, &a, mode, &workload).await;
         let stop = stop_at(&a, mode);
-        let phase = run_phase(&client, &a, mode, &workload, stop, "measure").await;
+        let phase = run_phase(&plain, &a, mode, &workload, stop, "measure").await;
         let level = LevelResult::new(mode, phase.records, phase.wall_s);
         if a.sweep.len() > 1 {
             eprintln!(
@@ -192,21 +205,66 @@ async fn bench(a: BenchArgs) -> anyhow::Result<()> {
                 level.error_count()
             );
         }
-        levels.push(level);
+        results.push(level);
     }
     if a.sweep.len() > 1 {
-        print!("{}", report::sweep_table(&levels));
+        print!("{}", report::sweep_table(&results));
     } else {
-        for l in &levels {
+        for l in &results {
             print!("{}", report::level_table(l));
         }
     }
-    if let Some(path) = &a.json {
-        let doc = json_report(&a, &info, &levels);
-        let text = serde_json::to_string_pretty(&doc).context("encoding the JSON report")?;
-        std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))?;
-        eprintln!("wrote {}", path.display());
+    write_json(&a, &info, &results, None)
+}
+
+/// The levels to measure: the open-loop rate, the sweep, the one concurrency or, with
+/// --sealed and none of these given, closed loop at 1 and 16 clients.
+fn modes(a: &BenchArgs) -> Vec<Mode> {
+    let closed = |c: &u32| Mode::Closed {
+        concurrency: *c as usize,
+    };
+    if let Some(rate) = a.rate {
+        vec![Mode::Open { rate }]
+    } else if !a.sweep.is_empty() {
+        a.sweep.iter().map(closed).collect()
+    } else if let Some(c) = a.concurrency {
+        vec![closed(&c)]
+    } else if a.sealed {
+        [1, 16].iter().map(closed).collect()
+    } else {
+        vec![closed(&1)]
     }
+}
+
+/// Runs `--warmup` requests (if any) under `mode` through `transport`, uncounted. They come
+/// from their own workload (another seed), so measured requests are never repeats of them.
+async fn warmup(transport: &Transport, a: &BenchArgs, mode: Mode, workload: &Workload) {
+    if a.warmup == 0 {
+        return;
+    }
+    let stop = StopAt {
+        requests: Some(a.warmup),
+        duration: None,
+    };
+    let warmup = workload.reseeded(a.seed ^ 0x5741_524D_5550);
+    let what = format!("warmup {}", transport.name());
+    run_phase(transport, a, mode, &warmup, stop, &what).await;
+}
+
+/// Writes the `--json` report, if asked for.
+fn write_json(
+    a: &BenchArgs,
+    info: &ModelInfoResponse,
+    results: &[LevelResult],
+    sealed: Option<&SealedReport>,
+) -> anyhow::Result<()> {
+    let Some(path) = &a.json else {
+        return Ok(());
+    };
+    let doc = json_report(a, info, results, sealed);
+    let text = serde_json::to_string_pretty(&doc).context("encoding the JSON report")?;
+    std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))?;
+    eprintln!("wrote {}", path.display());
     Ok(())
 }
 
@@ -230,9 +288,9 @@ fn stop_at(a: &BenchArgs, mode: Mode) -> StopAt {
     }
 }
 
-/// Runs requests under `mode` until `stop`, and waits for all of them.
+/// Runs requests under `mode` through `transport` until `stop`, and waits for all of them.
 async fn run_phase(
-    client: &InferenceClient<Channel>,
+    transport: &Transport,
     a: &BenchArgs,
     mode: Mode,
     workload: &Workload,
@@ -253,8 +311,8 @@ async fn run_phase(
         Mode::Closed { concurrency } => {
             let next = Arc::new(AtomicU64::new(0));
             for _ in 0..concurrency {
-                let (client, workload, next, params, pb) = (
-                    client.clone(),
+                let (mut client, workload, next, params, pb) = (
+                    transport.clone(),
                     workload.clone(),
                     next.clone(),
                     params.clone(),
@@ -270,7 +328,7 @@ async fn run_phase(
                         if i >= limit {
                             break;
                         }
-                        let r = one_request(client.clone(), workload.request(i), &params).await;
+                        let r = one_request(&mut client, workload.request(i), &params).await;
                         tick(&pb, &r);
                         records.push(r);
                     }
@@ -286,10 +344,10 @@ async fn run_phase(
                     break;
                 }
                 tokio::time::sleep_until(at.into()).await;
-                let (client, spec, params, pb) =
-                    (client.clone(), workload.request(i), params.clone(), pb.clone());
+                let (mut client, spec, params, pb) =
+                    (transport.clone(), workload.request(i), params.clone(), pb.clone());
                 tasks.spawn(async move {
-                    let r = one_request(client, spec, &params).await;
+                    let r = one_request(&mut client, spec, &params).await;
                     tick(&pb, &r);
                     vec![r]
                 });
@@ -342,14 +400,11 @@ struct RequestParams {
     start: Instant,
 }
 
-/// Sends one request and times its stream.
-async fn one_request(
-    mut client: InferenceClient<Channel>,
-    spec: RequestSpec,
-    p: &RequestParams,
-) -> RequestRecord {
+/// Sends one request and times its stream. TTFT starts before the request is sent, so for a
+/// sealed call it includes sealing the request.
+async fn one_request(client: &mut Transport, spec: RequestSpec, p: &RequestParams) -> RequestRecord {
     let prompt_len = spec.prompt.len() as u32;
-    let mut req = tonic::Request::new(GenerateRequest {
+    let req = GenerateRequest {
         input: Some(Input::Tokens(TokenInput {
             token_ids: spec.prompt,
         })),
@@ -359,14 +414,13 @@ async fn one_request(
             seed: Some(spec.seed),
             ..Default::default()
         }),
-    });
-    req.set_timeout(p.timeout);
+    };
     let sent = Instant::now();
     let mut first = None;
     let mut last = sent;
     let mut tokens = 0usize;
     let result = async {
-        let mut stream = client.generate(req).await?.into_inner();
+        let mut stream = client.generate(req, p.timeout).await?;
         let mut finished = None;
         while let Some(msg) = stream.message().await? {
             match msg.event {
@@ -380,7 +434,7 @@ async fn one_request(
                 _ => {}
             }
         }
-        Ok::<_, tonic::Status>(finished)
+        Ok::<_, transport::CallError>(finished)
     }
     .await;
     let end = Instant::now();
@@ -397,9 +451,9 @@ async fn one_request(
         ..Default::default()
     };
     match result {
-        Err(s) => {
-            r.error = Some(format!("{:?}", s.code()));
-            r.error_message = Some(s.message().to_string());
+        Err(e) => {
+            r.error = Some(e.code);
+            r.error_message = Some(e.message);
         }
         Ok(None) => r.error = Some("NoFinish".into()),
         Ok(Some(f)) => {
@@ -434,7 +488,11 @@ struct JsonReport<'a> {
     unix_time: f64,
     server: JsonServer<'a>,
     parameters: JsonParameters<'a>,
+    /// The measured levels (empty with --sealed: see `sealed_comparison`).
     results: &'a [LevelResult],
+    /// With --sealed: plaintext and sealed, level by level.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sealed_comparison: Option<&'a SealedReport>,
 }
 
 #[derive(Debug, Serialize)]
@@ -459,7 +517,8 @@ struct JsonModel<'a> {
 
 #[derive(Debug, Serialize)]
 struct JsonParameters<'a> {
-    /// Closed loop with one level: the number of clients.
+    /// Closed loop with one level (--concurrency, or the default 1 without --sealed): the
+    /// number of clients.
     concurrency: Option<u32>,
     rate: Option<f64>,
     sweep: &'a [u32],
@@ -472,12 +531,18 @@ struct JsonParameters<'a> {
     temperature: f32,
     seed: u64,
     timeout_s: f64,
+    sealed: bool,
+    /// With --sealed: the policy file (null: the strict default).
+    policy: Option<String>,
+    /// With --sealed: measurements of each mode per level.
+    rounds: Option<u32>,
 }
 
 fn json_report<'a>(
     a: &'a BenchArgs,
     info: &'a ModelInfoResponse,
     levels: &'a [LevelResult],
+    sealed: Option<&'a SealedReport>,
 ) -> JsonReport<'a> {
     let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
     let limits = info.limits.unwrap_or_default();
@@ -510,7 +575,9 @@ fn json_report<'a>(
             },
         },
         parameters: JsonParameters {
-            concurrency: (a.rate.is_none() && a.sweep.is_empty()).then_some(a.concurrency),
+            concurrency: a
+                .concurrency
+                .or((a.rate.is_none() && a.sweep.is_empty() && !a.sealed).then_some(1)),
             rate: a.rate,
             sweep: &a.sweep,
             prompt_tokens: a.prompt_tokens.to_string(),
@@ -522,7 +589,11 @@ fn json_report<'a>(
             temperature: a.temperature,
             seed: a.seed,
             timeout_s: a.timeout,
+            sealed: a.sealed,
+            policy: a.policy.as_ref().map(|p| p.display().to_string()),
+            rounds: a.sealed.then_some(a.rounds),
         },
         results: levels,
+        sealed_comparison: sealed,
     }
 }

@@ -336,7 +336,7 @@ impl Attestor {
             .context("collecting the server's own attestation evidence")?;
         let mut policy = Policy {
             allow_simulated: self.collectors.simulated,
-            accepted_model_digests: vec![hex::encode(&self.model_digest)],
+            accepted_model_digests: vec![hex::encode(self.model_digest)],
             ..Policy::default()
         };
         policy.gpu.require_cc = self.collectors.insecure.is_none();

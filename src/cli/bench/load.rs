@@ -156,6 +156,11 @@ impl Workload {
         }
     }
 
+    /// The same workload (lengths, vocabulary) under another seed.
+    pub(crate) fn reseeded(&self, seed: u64) -> Self {
+        Self { seed, ..self.clone() }
+    }
+
     /// Request number `index`.
     pub(crate) fn request(&self, index: u64) -> RequestSpec {
         // Derive an independent stream per request from (seed, index).
