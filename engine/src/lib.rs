@@ -4,7 +4,8 @@
 //! - [`config`], [`weights`], [`tokenizer`]: read a Hugging Face model directory (config,
 //!   memory-mapped safetensors, tokenizer and chat template). [`gguf`] imports GGUF files into
 //!   such a directory; [`store`] keeps a cache of models and pulls the default one;
-//!   [`digest`] names a model by the SHA-256 of its files.
+//!   [`digest`] names a model by the SHA-256 of its files; [`synth`] writes models of real
+//!   shapes with random weights, for benchmarks.
 //! - [`backend`]: the [`backend::Backend`] trait runs a forward pass for a batch of sequence
 //!   chunks against a paged KV cache; [`backend::cpu`] implements it on
 //!   [`veil_kernels`]. [`kv_cache`] keeps the block tables, the same for every backend.
@@ -24,6 +25,7 @@ pub mod output;
 pub mod runtime;
 pub mod sampling;
 pub mod store;
+pub mod synth;
 pub mod tokenizer;
 pub mod weights;
 

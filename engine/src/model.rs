@@ -3,7 +3,8 @@
 use std::path::{Path, PathBuf};
 
 use crate::backend::cpu::CpuBackend;
-use crate::backend::{Backend, DType};
+use crate::backend::cuda::CudaBackend;
+use crate::backend::{Backend, DType, Device};
 use crate::config::ModelConfig;
 use crate::digest::{ModelDigest, model_digest};
 use crate::error::Result;
@@ -17,6 +18,8 @@ pub struct LoadOptions {
     pub dtype: DType,
     /// Compute threads (CPU backend).
     pub threads: usize,
+    /// Where the model runs.
+    pub device: Device,
 }
 
 impl Default for LoadOptions {
@@ -24,6 +27,7 @@ impl Default for LoadOptions {
         Self {
             dtype: DType::Bf16,
             threads: veil_kernels::pool::ThreadPool::default_threads(),
+            device: Device::Cpu,
         }
     }
 }
@@ -55,21 +59,37 @@ impl std::fmt::Debug for LoadedModel {
 }
 
 impl LoadedModel {
-    /// Loads a Hugging Face model directory onto the CPU backend. `progress` sees
+    /// Loads a Hugging Face model directory onto the chosen device's backend. `progress` sees
     /// (layers loaded, layers total).
     pub fn load(dir: &Path, opts: &LoadOptions, progress: &mut dyn FnMut(usize, usize)) -> Result<Self> {
         let config = ModelConfig::from_dir(dir)?;
         let tokenizer = std::sync::Arc::new(Tokenizer::from_dir(dir)?);
         let digest = model_digest(dir)?;
         let weights = Weights::open(dir)?;
-        let backend = CpuBackend::load(&weights, &config, opts.dtype, opts.threads, progress)?;
-        let weight_bytes_per_token = backend.weight_bytes_per_token();
+        let (backend, weight_bytes_per_token): (Box<dyn Backend>, usize) = match opts.device {
+            Device::Cpu => {
+                let b = CpuBackend::load(&weights, &config, opts.dtype, opts.threads, progress)?;
+                let bytes = b.weight_bytes_per_token();
+                (Box::new(b), bytes)
+            }
+            Device::Cuda(ordinal) => {
+                if opts.dtype != DType::Bf16 {
+                    return Err(crate::error::Error::Backend {
+                        backend: "cuda",
+                        reason: "the CUDA backend keeps weights in bf16 (use --dtype bf16)".into(),
+                    });
+                }
+                let b = CudaBackend::load(&weights, &config, ordinal, progress)?;
+                let bytes = b.weight_bytes_per_token();
+                (Box::new(b), bytes)
+            }
+        };
         Ok(Self {
             dir: dir.to_owned(),
             config,
             tokenizer,
             digest,
-            backend: Box::new(backend),
+            backend,
             weight_bytes_per_token,
         })
     }

@@ -181,6 +181,10 @@ pub struct Sampler {
     candidates: Vec<(u32, f32)>,
     /// Scratch: per-token sampling weights.
     weights: Vec<f32>,
+    /// Key of a device sampler's counter-based RNG: the request's seed, or a random one.
+    device_seed: u64,
+    /// Tokens picked so far (the device RNG's counter).
+    picked: u32,
 }
 
 impl Sampler {
@@ -192,6 +196,8 @@ impl Sampler {
         } else {
             Default::default()
         };
+        // Drawn from a separate generator so the host sampler's stream stays the same.
+        let device_seed = params.seed.unwrap_or_else(|| Rng::from_entropy().next_u64());
         Self {
             params,
             rng,
@@ -199,7 +205,49 @@ impl Sampler {
             seen,
             candidates: Vec::new(),
             weights: Vec::new(),
+            device_seed,
+            picked: 0,
         }
+    }
+
+    /// What a device sampler needs to pick this request's next token as this sampler would
+    /// (same filters and penalties; its own counter-based draw keyed by [`Self::device_seed`]).
+    pub fn device_seed(&self) -> u64 {
+        self.device_seed
+    }
+
+    /// Tokens picked so far: the device draw's counter.
+    pub fn picked(&self) -> u32 {
+        self.picked
+    }
+
+    /// Whether any penalty is on.
+    pub fn has_penalties(&self) -> bool {
+        let p = &self.params;
+        p.repetition_penalty != 1.0 || p.presence_penalty != 0.0 || p.frequency_penalty != 0.0
+    }
+
+    /// The penalised tokens as (id, times generated) pairs, in id order: every token seen in
+    /// the prompt or output when the repetition penalty is on (count 0 when only in the
+    /// prompt), and every generated token. Empty when no penalty is on.
+    pub fn penalty_pairs(&self, out: &mut Vec<(u32, u32)>) {
+        out.clear();
+        if !self.has_penalties() {
+            return;
+        }
+        out.extend(self.output_counts.iter().map(|(&id, &c)| (id, c)));
+        out.extend(
+            self.seen
+                .iter()
+                .filter(|id| !self.output_counts.contains_key(id))
+                .map(|&id| (id, 0)),
+        );
+        out.sort_unstable();
+    }
+
+    /// Records a token picked elsewhere (by a device sampler), for later penalties.
+    pub fn record_picked(&mut self, id: u32) {
+        self.record(id);
     }
 
     /// The parameters.
@@ -244,6 +292,7 @@ impl Sampler {
     }
 
     fn record(&mut self, id: u32) {
+        self.picked = self.picked.saturating_add(1);
         *self.output_counts.entry(id).or_insert(0) += 1;
         if self.params.repetition_penalty != 1.0 {
             self.seen.insert(id);

@@ -176,6 +176,16 @@ impl std::fmt::Debug for RopeTable {
 }
 
 impl RopeTable {
+    /// The cosines, `max_pos × head_dim / 2`, row-major by position.
+    pub fn cos(&self) -> &[f32] {
+        &self.cos
+    }
+
+    /// The sines, laid out like [`RopeTable::cos`].
+    pub fn sin(&self) -> &[f32] {
+        &self.sin
+    }
+
     /// Builds tables for positions `0..max_pos`. `inv_freq` has `head_dim / 2` entries
     /// (`1 / base^(2j / head_dim)`, possibly rescaled, e.g. llama3 scaling, by the caller). The
     /// angle `pos · inv_freq[j]` is rounded to f32 like the Hugging Face reference, then its

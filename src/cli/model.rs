@@ -1,4 +1,4 @@
-//! `veil model pull | import | list`, and resolving `--model` arguments.
+//! `veil model pull | import | synth | list`, and resolving `--model` arguments.
 
 use std::path::{Path, PathBuf};
 
@@ -7,6 +7,7 @@ use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use veil_engine::gguf::{ImportDtype, import_gguf};
 use veil_engine::store::{DEFAULT_MODEL, ModelStore, PullEvent};
+use veil_engine::synth::{SynthOptions, SynthShape, synth_model};
 
 /// The `--model` option shared by commands that run a model.
 #[derive(Debug, Args)]
@@ -14,6 +15,10 @@ pub(crate) struct ModelArg {
     /// A cached model name, or a Hugging Face model directory.
     #[arg(long, short, default_value = DEFAULT_MODEL, env = "VEIL_MODEL")]
     pub(crate) model: String,
+    /// Where the model runs: `auto` (the first CUDA GPU when one is usable, else the CPU),
+    /// `cpu`, or `cuda:N`. The CUDA backend keeps weights in bf16.
+    #[arg(long, default_value = "auto", env = "VEIL_DEVICE")]
+    pub(crate) device: veil_engine::backend::DeviceArg,
 }
 
 /// Model management commands.
@@ -34,6 +39,24 @@ pub(crate) enum ModelCommand {
         /// Precision of the written safetensors.
         #[arg(long, default_value = "bf16", value_parser = ["bf16", "f32"])]
         dtype: String,
+    },
+    /// Write a model directory with a real model's shapes and deterministic random weights
+    /// (for benchmarks where real weights cannot be brought; its output is meaningless).
+    Synth {
+        /// The model shape.
+        #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(SynthShape::NAMES))]
+        shape: String,
+        /// Seed of the weights; the same seed writes byte-identical files.
+        #[arg(long)]
+        seed: u64,
+        /// Precision of the written safetensors.
+        #[arg(long, default_value = "bf16", value_parser = ["bf16", "f32"])]
+        dtype: String,
+        /// Replace DIR if it is a non-empty model directory.
+        #[arg(long)]
+        force: bool,
+        /// The directory to create.
+        dir: PathBuf,
     },
     /// List cached models with their digests.
     List,
@@ -111,11 +134,20 @@ pub(crate) fn load_model(
     arg: &str,
     dtype: veil_engine::backend::DType,
     threads: Option<usize>,
+    device: veil_engine::backend::DeviceArg,
 ) -> anyhow::Result<veil_engine::model::LoadedModel> {
     use veil_engine::model::{LoadOptions, LoadedModel};
     let dir = resolve_model(arg)?;
+    // f32 weights exist only on the CPU backend.
+    let device = match (device, dtype) {
+        (veil_engine::backend::DeviceArg::Auto, veil_engine::backend::DType::F32) => {
+            veil_engine::backend::Device::Cpu
+        }
+        (d, _) => d.resolve()?,
+    };
     let mut opts = LoadOptions {
         dtype,
+        device,
         ..LoadOptions::default()
     };
     if let Some(t) = threads {
@@ -124,12 +156,15 @@ pub(crate) fn load_model(
     let start = std::time::Instant::now();
     let model = LoadedModel::load(&dir, &opts, &mut |_, _| {})
         .with_context(|| format!("loading {}", dir.display()))?;
+    let compute = match device {
+        veil_engine::backend::Device::Cpu => format!("{} threads", opts.threads),
+        veil_engine::backend::Device::Cuda(n) => format!("cuda:{n}"),
+    };
     eprintln!(
-        "loaded {} ({}, {} weights, {} threads, digest {}) in {:.2}s",
+        "loaded {} ({}, {} weights, {compute}, digest {}) in {:.2}s",
         dir.display(),
         model.backend.name(),
         model.backend.dtype().name(),
-        opts.threads,
         model.digest,
         start.elapsed().as_secs_f64()
     );
@@ -159,6 +194,38 @@ pub(crate) fn run(cmd: ModelCommand) -> anyhow::Result<()> {
                 pb.set_position(done);
             })?;
             pb.finish_and_clear();
+            let digest = veil_engine::digest::model_digest(&dir)?;
+            println!("{} {digest}", dir.display());
+            Ok(())
+        }
+        ModelCommand::Synth {
+            shape,
+            seed,
+            dtype,
+            force,
+            dir,
+        } => {
+            let shape: SynthShape = shape.parse()?;
+            let opts = SynthOptions {
+                dtype: dtype.parse::<ImportDtype>()?,
+                force,
+                ..SynthOptions::new(shape, seed)
+            };
+            let start = std::time::Instant::now();
+            let pb = bar(0, "synthesizing");
+            let summary = synth_model(&dir, &opts, &mut |done, total| {
+                pb.set_length(total);
+                pb.set_position(done);
+            })
+            .with_context(|| format!("synthesizing {shape} into {}", dir.display()))?;
+            pb.finish_and_clear();
+            eprintln!(
+                "{shape}: {:.2} B parameters of RANDOM weights (seed {seed}), {:.2} GB in {} file(s), {:.1}s",
+                summary.num_parameters as f64 / 1e9,
+                summary.weight_bytes as f64 / 1e9,
+                summary.shards,
+                start.elapsed().as_secs_f64()
+            );
             let digest = veil_engine::digest::model_digest(&dir)?;
             println!("{} {digest}", dir.display());
             Ok(())

@@ -36,9 +36,15 @@ pub(crate) struct ServeArgs {
     /// Sequences generated at once [default: 64].
     #[arg(long)]
     max_seqs: Option<usize>,
-    /// KV-cache memory budget in MiB [default: 1024].
+    /// KV-cache memory budget in MiB [default: 1024 on the CPU; on a GPU, see
+    /// --gpu-memory-utilization].
     #[arg(long)]
     kv_cache_mb: Option<usize>,
+    /// On a GPU without --kv-cache-mb: the fraction of device memory the server may use in
+    /// all; after the weights and a profiling pass at the largest step, the rest of that
+    /// fraction becomes KV-cache blocks.
+    #[arg(long, default_value_t = 0.9, value_name = "FRACTION")]
+    gpu_memory_utilization: f64,
     /// Requests that may wait for admission; more get RESOURCE_EXHAUSTED [default: 256].
     #[arg(long)]
     max_queue: Option<usize>,
@@ -127,12 +133,27 @@ pub(crate) fn run(a: ServeArgs) -> anyhow::Result<()> {
     anyhow::ensure!(a.replay_cache >= 1, "--replay-cache must be at least 1");
     // Before loading the model: a machine that cannot attest as asked fails fast.
     let collectors = Collectors::detect(&attestation).context("attestation")?;
-    let model = load_model(&a.model.model, a.dtype, a.threads)?;
+    anyhow::ensure!(
+        a.gpu_memory_utilization > 0.0 && a.gpu_memory_utilization < 1.0,
+        "--gpu-memory-utilization must be in (0, 1)"
+    );
+    let mut model = load_model(&a.model.model, a.dtype, a.threads, a.model.device)?;
     let defaults = RuntimeConfig::default();
     let cfg = RuntimeConfig {
         max_batched_tokens: a.max_batched_tokens.unwrap_or(defaults.max_batched_tokens),
         max_seqs: a.max_seqs.unwrap_or(defaults.max_seqs),
-        kv_cache_bytes: a.kv_cache_mb.map_or(defaults.kv_cache_bytes, |mb| mb << 20),
+        kv_cache_bytes: match a.kv_cache_mb {
+            Some(mb) => mb << 20,
+            None => {
+                let max_tokens = a.max_batched_tokens.unwrap_or(defaults.max_batched_tokens);
+                let max_rows = a.max_seqs.unwrap_or(defaults.max_seqs);
+                model
+                    .backend
+                    .kv_memory_budget(a.gpu_memory_utilization, max_tokens, max_rows)
+                    .context("sizing the KV cache")?
+                    .unwrap_or(defaults.kv_cache_bytes)
+            }
+        },
         max_queue: a.max_queue.unwrap_or(defaults.max_queue),
         ..defaults
     };

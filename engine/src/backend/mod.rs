@@ -7,9 +7,14 @@
 //! entries that need sampling. This is the shape a continuous-batching scheduler drives.
 
 pub mod cpu;
+pub mod cuda;
+mod device;
+
+pub use device::{Device, DeviceArg};
 
 use crate::config::ModelConfig;
-use crate::error::Result;
+use crate::error::{Error, Result};
+use crate::sampling::SamplingParams;
 
 /// Weight precision kept in memory by a backend (activations are always f32).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -77,4 +82,58 @@ pub trait Backend: Send {
     /// Runs one step. `logits` is resized to hold one row of `vocab_size` values for each
     /// chunk with `want_logits`, in batch order.
     fn forward(&mut self, batch: &[SeqChunk<'_>], logits: &mut Vec<f32>) -> Result<()>;
+
+    /// KV memory to allocate on a device with its own memory, like vLLM's
+    /// `gpu_memory_utilization`: reserve a step of `max_tokens` tokens and `max_rows` sampled
+    /// rows, then give `fraction` of the device's memory minus what is in use. `None` for
+    /// backends that take an explicit budget (the CPU).
+    fn kv_memory_budget(&mut self, _fraction: f64, _max_tokens: usize, _max_rows: usize) -> Result<Option<usize>> {
+        Ok(None)
+    }
+
+    /// Whether [`Backend::forward_sample`] picks tokens on the device (then only the picked
+    /// ids and the requested log-probabilities come back, not the logits).
+    fn samples_on_device(&self) -> bool {
+        false
+    }
+
+    /// Runs one step and picks the next token of every chunk with `want_logits`: `rows[i]`
+    /// describes the i-th such chunk in batch order, `out` receives one result per row.
+    fn forward_sample(
+        &mut self,
+        _batch: &[SeqChunk<'_>],
+        _rows: &[SampleRow<'_>],
+        _out: &mut Vec<DeviceSample>,
+    ) -> Result<()> {
+        Err(Error::Backend {
+            backend: self.name(),
+            reason: "this backend does not sample on the device".into(),
+        })
+    }
+}
+
+/// How to pick one row's next token on the device.
+#[derive(Debug, Clone, Copy)]
+pub struct SampleRow<'a> {
+    /// Filters, temperature and penalties.
+    pub params: &'a SamplingParams,
+    /// Key of the counter-based draw.
+    pub seed: u64,
+    /// Tokens picked before for this request (the draw's counter).
+    pub counter: u32,
+    /// `Some(n)`: return the picked token's log-probability and the `n` most likely ones.
+    pub logprobs: Option<usize>,
+    /// Penalised tokens as (id, times generated), see `Sampler::penalty_pairs`.
+    pub penalties: &'a [(u32, u32)],
+}
+
+/// One token picked on the device.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeviceSample {
+    /// The picked token.
+    pub id: u32,
+    /// Its log-probability (when asked for).
+    pub logprob: Option<f32>,
+    /// The most likely tokens and their log-probabilities, highest first (when asked for).
+    pub top_logprobs: Vec<(u32, f32)>,
 }

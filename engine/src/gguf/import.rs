@@ -285,7 +285,7 @@ fn shape_err(t: &GgufTensorInfo, want: &str) -> Error {
 
 /// An `f32` as the JSON number of its shortest decimal spelling (so 1e-5
 /// stays 1e-5 rather than 9.999999747378752e-06).
-fn f32_json(x: f32) -> Value {
+pub(crate) fn f32_json(x: f32) -> Value {
     format!("{x}")
         .parse::<f64>()
         .ok()
@@ -490,7 +490,7 @@ fn plan(g: &GgufFile, p: &LlamaParams) -> Result<Vec<Planned>> {
     Ok(planned)
 }
 
-fn json_to_file(path: &Path, v: &Value) -> Result<()> {
+pub(crate) fn json_to_file(path: &Path, v: &Value) -> Result<()> {
     let mut s = serde_json::to_string_pretty(v).map_err(|e| fmt_err(e.to_string()))?;
     s.push('\n');
     std::fs::write(path, s).map_err(|e| Error::io("writing", path, e))

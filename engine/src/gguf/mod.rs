@@ -10,4 +10,4 @@ pub mod tokenizer;
 pub use dequant::{dequantize, dequantize_into};
 pub use import::{ImportDtype, import_gguf, permute_qk_rows, unpermute_qk_rows};
 pub use reader::{GgmlType, GgufFile, GgufTensorInfo, GgufValue, GgufValueType};
-pub use tokenizer::{GgufTokenizer, tokenizer_from_gguf};
+pub use tokenizer::{BpeParts, GgufTokenizer, byte_char, tokenizer_from_gguf, tokenizer_from_parts};

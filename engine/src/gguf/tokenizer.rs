@@ -6,7 +6,7 @@
 //! [`Error::Unsupported`]: guessing would silently change tokenization.
 
 use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
-use tokenizers::models::bpe::{BPE, Merges, Vocab};
+use tokenizers::models::bpe::{BPE, Vocab};
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::pre_tokenizers::sequence::Sequence;
 use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
@@ -18,10 +18,27 @@ use super::reader::GgufFile;
 use crate::error::{Error, Result};
 
 /// llama.cpp token types (`tokenizer.ggml.token_type`).
-mod token_type {
-    pub(super) const UNKNOWN: i32 = 2;
-    pub(super) const CONTROL: i32 = 3;
-    pub(super) const USER_DEFINED: i32 = 4;
+pub mod token_type {
+    /// An ordinary vocabulary entry.
+    pub const NORMAL: i32 = 1;
+    /// The unknown token (special).
+    pub const UNKNOWN: i32 = 2;
+    /// A control token such as BOS/EOS (special: matched whole, marked special).
+    pub const CONTROL: i32 = 3;
+    /// A user-defined added token (matched whole, not special).
+    pub const USER_DEFINED: i32 = 4;
+}
+
+/// GPT-2's byte-to-unicode mapping: the character a byte-level BPE vocabulary spells byte `b` with.
+pub fn byte_char(b: u8) -> char {
+    let printable =
+        |b: u8| (b'!'..=b'~').contains(&b) || (0xA1..=0xAC).contains(&b) || (0xAE..=0xFF).contains(&b);
+    if printable(b) {
+        return char::from(b);
+    }
+    // The others map, in byte order, to U+0100, U+0101, ...
+    let rank = (0..b).filter(|&x| !printable(x)).count() as u32;
+    char::from_u32(256 + rank).unwrap_or('?')
 }
 
 /// The Llama-3 word-splitting regex (as in Meta's `tokenizer.json`).
@@ -125,6 +142,34 @@ fn opt_id(g: &GgufFile, key: &str, n_tokens: usize) -> Result<Option<u32>> {
     }
 }
 
+/// A byte-level BPE vocabulary in GGUF terms, from which [`tokenizer_from_parts`] builds a
+/// tokenizer (GGUF import reads it from `tokenizer.ggml.*`; `crate::synth` generates one).
+#[derive(Debug, Clone, Default)]
+pub struct BpeParts {
+    /// The llama.cpp pre-tokenizer name (`tokenizer.ggml.pre`), e.g. `"smollm"` or `"llama-bpe"`.
+    pub pre: String,
+    /// Token strings by id (byte-level spelling, see [`byte_char`]).
+    pub tokens: Vec<String>,
+    /// The [`token_type`] of each token.
+    pub types: Vec<i32>,
+    /// Merges by priority, as (left, right) token strings.
+    pub merges: Vec<(String, String)>,
+    /// Beginning-of-sequence token id.
+    pub bos_id: Option<u32>,
+    /// End-of-sequence token id.
+    pub eos_id: Option<u32>,
+    /// End-of-turn token id.
+    pub eot_id: Option<u32>,
+    /// Padding token id.
+    pub pad_id: Option<u32>,
+    /// Unknown token id.
+    pub unk_id: Option<u32>,
+    /// Whether to prepend BOS when encoding with special tokens (`None`: the family's default).
+    pub add_bos: Option<bool>,
+    /// Whether to append EOS when encoding with special tokens.
+    pub add_eos: bool,
+}
+
 /// Builds the tokenizer described by the GGUF `tokenizer.ggml.*` keys.
 pub fn tokenizer_from_gguf(g: &GgufFile) -> Result<GgufTokenizer> {
     let model = g.get_str("tokenizer.ggml.model")?;
@@ -149,7 +194,8 @@ pub fn tokenizer_from_gguf(g: &GgufFile) -> Result<GgufTokenizer> {
             what: "GGUF pre-tokenizer",
             name: "(tokenizer.ggml.pre missing)".into(),
         })?;
-    let kind = PreTokenizerKind::from_gguf_name(pre).ok_or_else(|| Error::Unsupported {
+    // Checked before reading the vocabulary, so an unsupported pre-tokenizer is reported as such.
+    PreTokenizerKind::from_gguf_name(pre).ok_or_else(|| Error::Unsupported {
         what: "GGUF pre-tokenizer (tokenizer.ggml.pre)",
         name: pre.into(),
     })?;
@@ -167,9 +213,58 @@ pub fn tokenizer_from_gguf(g: &GgufFile) -> Result<GgufTokenizer> {
         return Err(Error::format("GGUF", format!("{n} tokens is too many")));
     }
     let types = match g.get("tokenizer.ggml.token_type") {
-        None => vec![1; n],
+        None => vec![token_type::NORMAL; n],
         Some(_) => g.get_i32_array("tokenizer.ggml.token_type")?,
     };
+    let merges = g
+        .get_str_array("tokenizer.ggml.merges")?
+        .into_iter()
+        .map(|m| {
+            m.split_once(' ')
+                .map(|(a, b)| (a.to_owned(), b.to_owned()))
+                .ok_or_else(|| Error::format("GGUF", format!("merge {m:?} has no space")))
+        })
+        .collect::<Result<_>>()?;
+    let parts = BpeParts {
+        pre: pre.to_owned(),
+        bos_id: opt_id(g, "tokenizer.ggml.bos_token_id", n)?,
+        eos_id: opt_id(g, "tokenizer.ggml.eos_token_id", n)?,
+        eot_id: opt_id(g, "tokenizer.ggml.eot_token_id", n)?,
+        pad_id: opt_id(g, "tokenizer.ggml.padding_token_id", n)?,
+        unk_id: opt_id(g, "tokenizer.ggml.unknown_token_id", n)?,
+        add_bos: g.get_bool_opt("tokenizer.ggml.add_bos_token")?,
+        add_eos: g.get_bool_opt("tokenizer.ggml.add_eos_token")?.unwrap_or(false),
+        tokens,
+        types,
+        merges,
+    };
+    tokenizer_from_parts(parts)
+}
+
+/// Builds a byte-level BPE tokenizer from its parts, checking them (unknown pre-tokenizer,
+/// duplicate tokens, merges or special ids outside the vocabulary are errors).
+pub fn tokenizer_from_parts(parts: BpeParts) -> Result<GgufTokenizer> {
+    let BpeParts {
+        pre,
+        tokens,
+        types,
+        merges,
+        bos_id,
+        eos_id,
+        eot_id,
+        pad_id,
+        unk_id,
+        add_bos,
+        add_eos,
+    } = parts;
+    let kind = PreTokenizerKind::from_gguf_name(&pre).ok_or_else(|| Error::Unsupported {
+        what: "GGUF pre-tokenizer (tokenizer.ggml.pre)",
+        name: pre.clone(),
+    })?;
+    let n = tokens.len();
+    if n == 0 || u32::try_from(n).is_err() {
+        return Err(Error::format("GGUF", format!("{n} tokens is not a vocabulary")));
+    }
     if types.len() != n {
         return Err(Error::format(
             "GGUF",
@@ -178,6 +273,22 @@ pub fn tokenizer_from_gguf(g: &GgufFile) -> Result<GgufTokenizer> {
                 types.len()
             ),
         ));
+    }
+    for (what, id) in [
+        ("bos", bos_id),
+        ("eos", eos_id),
+        ("eot", eot_id),
+        ("padding", pad_id),
+        ("unknown", unk_id),
+    ] {
+        if let Some(id) = id
+            && id as usize >= n
+        {
+            return Err(Error::format(
+                "GGUF",
+                format!("{what} token id {id} is not a token id (vocabulary has {n} tokens)"),
+            ));
+        }
     }
 
     let mut vocab = Vocab::default();
@@ -189,15 +300,6 @@ pub fn tokenizer_from_gguf(g: &GgufFile) -> Result<GgufTokenizer> {
             ));
         }
     }
-    let merges: Merges = g
-        .get_str_array("tokenizer.ggml.merges")?
-        .into_iter()
-        .map(|m| {
-            m.split_once(' ')
-                .map(|(a, b)| (a.to_owned(), b.to_owned()))
-                .ok_or_else(|| Error::format("GGUF", format!("merge {m:?} has no space")))
-        })
-        .collect::<Result<_>>()?;
 
     let bpe = BPE::builder()
         .vocab_and_merges(vocab, merges)
@@ -230,15 +332,7 @@ pub fn tokenizer_from_gguf(g: &GgufFile) -> Result<GgufTokenizer> {
     tok.with_pre_tokenizer(Some(pre_tok));
     tok.with_decoder(Some(ByteLevelDecoder::default()));
 
-    let bos_id = opt_id(g, "tokenizer.ggml.bos_token_id", n)?;
-    let eos_id = opt_id(g, "tokenizer.ggml.eos_token_id", n)?;
-    let eot_id = opt_id(g, "tokenizer.ggml.eot_token_id", n)?;
-    let pad_id = opt_id(g, "tokenizer.ggml.padding_token_id", n)?;
-    let unk_id = opt_id(g, "tokenizer.ggml.unknown_token_id", n)?;
-    let add_bos = g
-        .get_bool_opt("tokenizer.ggml.add_bos_token")?
-        .unwrap_or(kind.default_add_bos());
-    let add_eos = g.get_bool_opt("tokenizer.ggml.add_eos_token")?.unwrap_or(false);
+    let add_bos = add_bos.unwrap_or(kind.default_add_bos());
 
     // Special tokens: control and unknown tokens are special (skipped when
     // decoding with skip_special_tokens); user-defined ones are plain added
@@ -321,7 +415,7 @@ pub fn tokenizer_from_gguf(g: &GgufFile) -> Result<GgufTokenizer> {
         unk_id,
         add_bos,
         add_eos,
-        clean_spaces: kind.clean_spaces(pre),
+        clean_spaces: kind.clean_spaces(&pre),
     })
 }
 
@@ -332,24 +426,7 @@ pub(crate) mod test_vocab {
     use crate::gguf::reader::GgufValue;
     use crate::gguf::reader::test_writer::{i32_array, str_array};
 
-    /// GPT-2 byte-to-unicode mapping of one byte.
-    pub(crate) fn byte_char(b: u8) -> char {
-        let printable =
-            |b: u8| (b'!'..=b'~').contains(&b) || (0xA1..=0xAC).contains(&b) || (0xAE..=0xFF).contains(&b);
-        if printable(b) {
-            return char::from(b);
-        }
-        let mut n = 0u32;
-        for x in 0..=255u8 {
-            if !printable(x) {
-                if x == b {
-                    return char::from_u32(256 + n).unwrap_or('?');
-                }
-                n += 1;
-            }
-        }
-        '?'
-    }
+    pub(crate) use crate::gguf::tokenizer::byte_char;
 
     /// Tokens: 3 control tokens, all 256 byte tokens, then merges results.
     pub(crate) fn tokens_and_merges() -> (Vec<String>, Vec<i32>, Vec<String>) {

@@ -8,8 +8,9 @@ use std::time::{Duration, Instant};
 use super::scheduler::{Limits, Planned, Scheduler};
 use super::sequence::Sequence;
 use super::{Control, Event, FinishReason, RuntimeConfig, SharedStats};
-use crate::backend::SeqChunk;
+use crate::backend::{DeviceSample, SampleRow, SeqChunk};
 use crate::generate::TokenEvent;
+use crate::sampling::{Sampled, TokenLogprob};
 use crate::kv_cache::BlockAllocator;
 use crate::model::LoadedModel;
 
@@ -20,6 +21,10 @@ pub(crate) struct Worker {
     stats: Arc<SharedStats>,
     rx: mpsc::Receiver<Control>,
     logits: Vec<f32>,
+    /// Tokens picked on the device in the last step (backends that sample on the device).
+    picked: Vec<DeviceSample>,
+    /// Scratch: penalised tokens per sampled row.
+    penalties: Vec<Vec<(u32, u32)>>,
     /// Set once a shutdown was asked for: the instant after which everything is cancelled.
     shutdown_by: Option<Instant>,
 }
@@ -43,6 +48,8 @@ impl Worker {
             stats,
             rx,
             logits: Vec::new(),
+            picked: Vec::new(),
+            penalties: Vec::new(),
             shutdown_by: None,
         }
     }
@@ -188,6 +195,7 @@ impl Worker {
             std::thread::sleep(Duration::from_millis(1));
             return;
         }
+        let on_device = self.model.backend.samples_on_device();
         let result = {
             let running = &self.sched.running;
             let batch: Vec<SeqChunk<'_>> = plan
@@ -202,7 +210,38 @@ impl Worker {
                     }
                 })
                 .collect();
-            self.model.backend.forward(&batch, &mut self.logits)
+            if on_device {
+                // The device picks the tokens: describe each sampled row.
+                let sampled: Vec<usize> = plan
+                    .iter()
+                    .zip(&batch)
+                    .filter(|(_, c)| c.want_logits)
+                    .map(|(p, _)| p.index)
+                    .collect();
+                self.penalties.resize_with(sampled.len(), Vec::new);
+                for (pen, &i) in self.penalties.iter_mut().zip(&sampled) {
+                    running[i].sampler.penalty_pairs(pen);
+                }
+                let rows: Vec<SampleRow<'_>> = sampled
+                    .iter()
+                    .zip(&self.penalties)
+                    .map(|(&i, pen)| {
+                        let s = &running[i];
+                        SampleRow {
+                            params: s.sampler.params(),
+                            seed: s.sampler.device_seed(),
+                            counter: s.sampler.picked(),
+                            logprobs: s.logprobs,
+                            penalties: pen,
+                        }
+                    })
+                    .collect();
+                self.model
+                    .backend
+                    .forward_sample(&batch, &rows, &mut self.picked)
+            } else {
+                self.model.backend.forward(&batch, &mut self.logits)
+            }
         };
         self.stats.steps_total.fetch_add(1, Ordering::Relaxed);
         if let Err(e) = result {
@@ -220,9 +259,29 @@ impl Worker {
             if s.computed < s.tokens.len() {
                 continue;
             }
-            let logits = &mut self.logits[row * vocab..(row + 1) * vocab];
+            let sampled = if on_device {
+                let Some(d) = self.picked.get(row) else {
+                    finished[k] = Some((
+                        FinishReason::Error,
+                        Some("the backend returned fewer tokens than rows".into()),
+                    ));
+                    continue;
+                };
+                s.sampler.record_picked(d.id);
+                Sampled {
+                    id: d.id,
+                    logprob: d.logprob,
+                    top_logprobs: d
+                        .top_logprobs
+                        .iter()
+                        .map(|&(id, logprob)| TokenLogprob { id, logprob })
+                        .collect(),
+                }
+            } else {
+                let logits = &mut self.logits[row * vocab..(row + 1) * vocab];
+                s.sampler.sample(logits, s.logprobs)
+            };
             row += 1;
-            let sampled = s.sampler.sample(logits, s.logprobs);
             let now = Instant::now();
             s.first_token_at.get_or_insert(now);
             s.last_token_at = Some(now);
