@@ -31,6 +31,7 @@
 
 pub mod aligned;
 pub mod attention;
+pub mod cuda;
 pub mod error;
 mod isa;
 mod math;
