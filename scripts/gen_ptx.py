@@ -198,7 +198,8 @@ def resources(nv, real):
         if "Compiling entry function" in line:
             name = line.split("'")[1]
         elif name and ("registers" in line or "spill" in line):
-            print(f"  {real} {name}: {line.split(':', 1)[-1].strip()}")
+            text = line.split(":", 1)[1] if "registers" in line else line.split(".", 1)[1]
+            print(f"  {real} {name}: {text.strip()}")
 
 
 def main():

@@ -10,9 +10,12 @@ use veil_engine::store::{DEFAULT_MODEL, ModelStore};
 
 pub mod server;
 
-/// The reference data directory.
+/// The reference data directory: in the source tree the test was built from, or, for test
+/// executables carried to another machine (scripts/gpu-check.sh), under the current directory.
 pub fn data_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/smollm2-135m-instruct")
+    let rel = "tests/data/smollm2-135m-instruct";
+    let built = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(rel);
+    if built.is_dir() { built } else { PathBuf::from(rel) }
 }
 
 /// The default model's directory, pulled into the cache on first use.
