@@ -87,7 +87,12 @@ pub trait Backend: Send {
     /// `gpu_memory_utilization`: reserve a step of `max_tokens` tokens and `max_rows` sampled
     /// rows, then give `fraction` of the device's memory minus what is in use. `None` for
     /// backends that take an explicit budget (the CPU).
-    fn kv_memory_budget(&mut self, _fraction: f64, _max_tokens: usize, _max_rows: usize) -> Result<Option<usize>> {
+    fn kv_memory_budget(
+        &mut self,
+        _fraction: f64,
+        _max_tokens: usize,
+        _max_rows: usize,
+    ) -> Result<Option<usize>> {
         Ok(None)
     }
 

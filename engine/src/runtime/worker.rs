@@ -10,9 +10,9 @@ use super::sequence::Sequence;
 use super::{Control, Event, FinishReason, RuntimeConfig, SharedStats};
 use crate::backend::{DeviceSample, SampleRow, SeqChunk};
 use crate::generate::TokenEvent;
-use crate::sampling::{Sampled, TokenLogprob};
 use crate::kv_cache::BlockAllocator;
 use crate::model::LoadedModel;
+use crate::sampling::{Sampled, TokenLogprob};
 
 /// State owned by the engine thread.
 pub(crate) struct Worker {
@@ -236,9 +236,7 @@ impl Worker {
                         }
                     })
                     .collect();
-                self.model
-                    .backend
-                    .forward_sample(&batch, &rows, &mut self.picked)
+                self.model.backend.forward_sample(&batch, &rows, &mut self.picked)
             } else {
                 self.model.backend.forward(&batch, &mut self.logits)
             }

@@ -79,8 +79,11 @@ fn byte_chars_by_priority() -> Vec<char> {
     out
 }
 
+/// Merges as (left, right) token strings.
+type MergeList = Vec<(String, String)>;
+
 /// `n` regular tokens (byte tokens first, in GPT-2's order) and the merges that make them.
-fn regular_tokens(n: usize) -> Result<(Vec<String>, Vec<(String, String)>)> {
+fn regular_tokens(n: usize) -> Result<(Vec<String>, MergeList)> {
     if n < 256 {
         return Err(Error::InvalidRequest(format!(
             "a byte-level vocabulary needs at least 256 regular tokens, not {n}"

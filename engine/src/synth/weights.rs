@@ -236,7 +236,7 @@ pub fn write_shards(
             for (shard, head) in shards.iter().zip(&headers) {
                 tx.send(Job::Open(dir.join(&shard.file))).map_err(|_| ())?;
                 let mut first = (head.len() as u64).to_le_bytes().to_vec();
-                first.extend_from_slice(&head);
+                first.extend_from_slice(head);
                 tx.send(Job::Bytes(first)).map_err(|_| ())?;
                 for &ti in &shard.tensors {
                     let t = &tensors[ti];

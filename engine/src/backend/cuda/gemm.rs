@@ -35,6 +35,15 @@ pub(crate) enum OutType {
     F32,
 }
 
+/// The shape of one product: `m` output features, `n` tokens, `k` input features.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Shape {
+    pub(crate) m: usize,
+    pub(crate) n: usize,
+    pub(crate) k: usize,
+    pub(crate) out: OutType,
+}
+
 /// Descriptors and algorithm for one shape.
 struct Plan {
     desc: sys::cublasLtMatmulDesc_t,
@@ -167,7 +176,8 @@ impl Gemm {
     /// Enqueues `y = x · wᵀ` on the stream: `x` is `n×k` bf16, `w` is `m×k` bf16 (row-major),
     /// `y` is `n×m` of `out`. All three are raw device pointers into live allocations of at
     /// least those sizes.
-    pub(crate) fn matmul(&mut self, y: u64, x: u64, w: u64, m: usize, n: usize, k: usize, out: OutType) -> Result<()> {
+    pub(crate) fn matmul(&mut self, y: u64, x: u64, w: u64, shape: Shape) -> Result<()> {
+        let Shape { m, n, k, out } = shape;
         if n == 0 {
             return Ok(());
         }

@@ -36,7 +36,7 @@ use veil_kernels::ops::RopeTable;
 
 pub use probe::{CudaDeviceInfo, probe};
 
-use self::gemm::{Gemm, OutType};
+use self::gemm::{Gemm, OutType, Shape};
 use self::launch::{Arg, Kernels};
 use self::plan::{MAX_TOP, StepPlan};
 use self::weights::GpuWeights;
@@ -194,7 +194,12 @@ impl CudaBackend {
     /// of the device's total memory minus what is in use.
     pub fn kv_budget(&mut self, fraction: f64, max_tokens: usize, max_rows: usize) -> Result<usize> {
         let splits = self.rope_positions.div_ceil(plan::SPLIT_LEN);
-        self.ensure_buffers(max_tokens, max_rows, max_rows * self.cfg.num_heads * splits, 1 << 16)?;
+        self.ensure_buffers(
+            max_tokens,
+            max_rows,
+            max_rows * self.cfg.num_heads * splits,
+            1 << 16,
+        )?;
         let (free, total) = self
             .stream
             .context()
@@ -237,7 +242,9 @@ impl CudaBackend {
             qkv: s.alloc_zeros(tokens * c.qkv_width()).map_err(alloc_err)?,
             attn: s.alloc_zeros(tokens * c.num_heads * hd).map_err(alloc_err)?,
             delta: s.alloc_zeros(tokens * c.hidden_size).map_err(alloc_err)?,
-            gate_up: s.alloc_zeros(tokens * 2 * c.intermediate_size).map_err(alloc_err)?,
+            gate_up: s
+                .alloc_zeros(tokens * 2 * c.intermediate_size)
+                .map_err(alloc_err)?,
             act: s.alloc_zeros(tokens * c.intermediate_size).map_err(alloc_err)?,
             rows_normed: s.alloc_zeros(rows * c.hidden_size).map_err(alloc_err)?,
             logits: s.alloc_zeros(rows * c.vocab_size).map_err(alloc_err)?,
@@ -251,8 +258,11 @@ impl CudaBackend {
                 .map_err(|e| cuda_err("allocating pinned memory", e))?,
             // Not write-combined: the host reads this one.
             // SAFETY: as above.
-            host_out: unsafe { s.context().alloc_pinned_with_flags::<i32>(rows * OUT_WORDS_PER_ROW, 0) }
-                .map_err(|e| cuda_err("allocating pinned memory", e))?,
+            host_out: unsafe {
+                s.context()
+                    .alloc_pinned_with_flags::<i32>(rows * OUT_WORDS_PER_ROW, 0)
+            }
+            .map_err(|e| cuda_err("allocating pinned memory", e))?,
         };
         self.bufs = Some(bufs);
         Ok(())
@@ -267,7 +277,9 @@ impl CudaBackend {
             .host_in
             .as_mut_slice()
             .map_err(|e| cuda_err("pinned input", e))?;
-        let host = host.get_mut(..n).ok_or_else(|| cuda_err("pinned input", "too small"))?;
+        let host = host
+            .get_mut(..n)
+            .ok_or_else(|| cuda_err("pinned input", "too small"))?;
         host.copy_from_slice(&plan.words);
         let mut dst = b.input.slice_mut(..n);
         self.stream
@@ -304,7 +316,8 @@ impl CudaBackend {
             ptr(&b.act, &st),
         );
         let (part_acc, part_ml) = (ptr(&b.part_acc, &st), ptr(&b.part_ml, &st));
-        let (rows_normed, logits, output) = (ptr(&b.rows_normed, &st), ptr(&b.logits, &st), ptr(&b.output, &st));
+        let (rows_normed, logits, output) =
+            (ptr(&b.rows_normed, &st), ptr(&b.logits, &st), ptr(&b.output, &st));
         let k = &self.kernels;
         let eps = Arg::F32(c.rms_norm_eps);
         let scale = Arg::F32(1.0 / (hd as f32).sqrt());
@@ -315,7 +328,13 @@ impl CudaBackend {
             gt(t),
             256,
             0,
-            &[Arg::Ptr(ptr(&self.w.embedding, &st)), word(p.off.tokens), Arg::Ptr(resid), i32v(t), i32v(h)],
+            &[
+                Arg::Ptr(ptr(&self.w.embedding, &st)),
+                word(p.off.tokens),
+                Arg::Ptr(resid),
+                i32v(t),
+                i32v(h),
+            ],
         )?;
         for (l, layer) in self.w.layers.iter().enumerate() {
             let prev = if l == 0 { 0 } else { delta };
@@ -335,8 +354,17 @@ impl CudaBackend {
                     eps,
                 ],
             )?;
-            self.gemm
-                .matmul(qkv, normed, ptr(&layer.qkv, &st), qkv_w, t, h, OutType::Bf16)?;
+            self.gemm.matmul(
+                qkv,
+                normed,
+                ptr(&layer.qkv, &st),
+                Shape {
+                    m: qkv_w,
+                    n: t,
+                    k: h,
+                    out: OutType::Bf16,
+                },
+            )?;
             let (kc, vc) = &self.kv[l];
             let (kc, vc) = (ptr(kc, &st), ptr(vc, &st));
             let bias = layer.qkv_bias.as_ref().map_or(0, |b| ptr(b, &st));
@@ -434,8 +462,17 @@ impl CudaBackend {
                     ],
                 )?;
             }
-            self.gemm
-                .matmul(delta, attn, ptr(&layer.o_proj, &st), h, t, nh * hd, OutType::Bf16)?;
+            self.gemm.matmul(
+                delta,
+                attn,
+                ptr(&layer.o_proj, &st),
+                Shape {
+                    m: h,
+                    n: t,
+                    k: nh * hd,
+                    out: OutType::Bf16,
+                },
+            )?;
             k.launch(
                 &st,
                 "veil_add_rmsnorm",
@@ -452,8 +489,17 @@ impl CudaBackend {
                     eps,
                 ],
             )?;
-            self.gemm
-                .matmul(gate_up, normed, ptr(&layer.gate_up, &st), 2 * inter, t, h, OutType::Bf16)?;
+            self.gemm.matmul(
+                gate_up,
+                normed,
+                ptr(&layer.gate_up, &st),
+                Shape {
+                    m: 2 * inter,
+                    n: t,
+                    k: h,
+                    out: OutType::Bf16,
+                },
+            )?;
             k.launch(
                 &st,
                 "veil_silu_mul",
@@ -462,8 +508,17 @@ impl CudaBackend {
                 0,
                 &[Arg::Ptr(gate_up), Arg::Ptr(act), i32v(t), i32v(inter)],
             )?;
-            self.gemm
-                .matmul(delta, act, ptr(&layer.down, &st), h, t, inter, OutType::Bf16)?;
+            self.gemm.matmul(
+                delta,
+                act,
+                ptr(&layer.down, &st),
+                Shape {
+                    m: h,
+                    n: t,
+                    k: inter,
+                    out: OutType::Bf16,
+                },
+            )?;
         }
         // The last layer's MLP output joins the residual; then the final norm of the sampled
         // rows only, the LM head and (optionally) sampling.
@@ -504,8 +559,17 @@ impl CudaBackend {
             ],
         )?;
         let head = ptr(self.w.lm_head.as_ref().unwrap_or(&self.w.embedding), &st);
-        self.gemm
-            .matmul(logits, rows_normed, head, c.vocab_size, r, h, OutType::F32)?;
+        self.gemm.matmul(
+            logits,
+            rows_normed,
+            head,
+            Shape {
+                m: c.vocab_size,
+                n: r,
+                k: h,
+                out: OutType::F32,
+            },
+        )?;
         if sample {
             let out = |w: usize| Arg::Ptr(output + 4 * w as u64);
             k.launch(
@@ -640,25 +704,25 @@ impl Backend for CudaBackend {
         let v = self.cfg.vocab_size;
         logits.resize(rows * v, 0.0);
         if rows == 0 {
-            return self
-                .stream
-                .synchronize()
-                .map_err(|e| cuda_err("forward", e));
+            return self.stream.synchronize().map_err(|e| cuda_err("forward", e));
         }
         let b = self.bufs.as_ref().ok_or_else(|| cuda_err("step", "no buffers"))?;
         self.stream
             .memcpy_dtoh(&b.logits.slice(..rows * v), logits.as_mut_slice())
             .map_err(|e| cuda_err("copying logits back", e))?;
-        self.stream
-            .synchronize()
-            .map_err(|e| cuda_err("forward", e))
+        self.stream.synchronize().map_err(|e| cuda_err("forward", e))
     }
 
     fn samples_on_device(&self) -> bool {
         true
     }
 
-    fn kv_memory_budget(&mut self, fraction: f64, max_tokens: usize, max_rows: usize) -> Result<Option<usize>> {
+    fn kv_memory_budget(
+        &mut self,
+        fraction: f64,
+        max_tokens: usize,
+        max_rows: usize,
+    ) -> Result<Option<usize>> {
         self.kv_budget(fraction, max_tokens, max_rows).map(Some)
     }
 
@@ -677,19 +741,16 @@ impl Backend for CudaBackend {
                 .host_out
                 .as_mut_slice()
                 .map_err(|e| cuda_err("pinned output", e))?;
-            let host = host.get_mut(..n).ok_or_else(|| cuda_err("pinned output", "too small"))?;
+            let host = host
+                .get_mut(..n)
+                .ok_or_else(|| cuda_err("pinned output", "too small"))?;
             // The step's one device-to-host copy: ids, log-probabilities, top candidates.
             self.stream
                 .memcpy_dtoh(&b.output.slice(..n), host)
                 .map_err(|e| cuda_err("copying picked tokens back", e))?;
         }
-        self.stream
-            .synchronize()
-            .map_err(|e| cuda_err("forward", e))?;
-        let host = b
-            .host_out
-            .as_slice()
-            .map_err(|e| cuda_err("pinned output", e))?;
+        self.stream.synchronize().map_err(|e| cuda_err("forward", e))?;
+        let host = b.host_out.as_slice().map_err(|e| cuda_err("pinned output", e))?;
         let f = |w: i32| f32::from_bits(w as u32);
         out.clear();
         for (i, row) in rows.iter().enumerate() {
@@ -700,11 +761,7 @@ impl Backend for CudaBackend {
                     let n = n.min(MAX_TOP);
                     let ids = &host[2 * r + i * MAX_TOP..2 * r + i * MAX_TOP + n];
                     let lps = &host[2 * r + r * MAX_TOP + i * MAX_TOP..2 * r + r * MAX_TOP + i * MAX_TOP + n];
-                    let top = ids
-                        .iter()
-                        .zip(lps)
-                        .map(|(&id, &lp)| (id as u32, f(lp)))
-                        .collect();
+                    let top = ids.iter().zip(lps).map(|(&id, &lp)| (id as u32, f(lp))).collect();
                     (Some(f(host[r + i])), top)
                 }
             };

@@ -247,10 +247,13 @@ impl StepPlan {
         for (k, &(i, j)) in order.iter().enumerate() {
             let c = &batch[i];
             let pos = c.start_pos + j;
-            let block = *c.block_table.get(pos / block_size).ok_or_else(|| Error::Backend {
-                backend: "cuda",
-                reason: format!("chunk {i}: position {pos} is beyond its block table"),
-            })? as usize;
+            let block = *c
+                .block_table
+                .get(pos / block_size)
+                .ok_or_else(|| Error::Backend {
+                    backend: "cuda",
+                    reason: format!("chunk {i}: position {pos} is beyond its block table"),
+                })? as usize;
             w[o.tokens + k] = to_i32(c.tokens[j] as usize, "token id")?;
             w[o.positions + k] = to_i32(pos, "position")?;
             w[o.slots + k] = to_i32(block * block_size + pos % block_size, "KV slot")?;
@@ -268,12 +271,7 @@ impl StepPlan {
             }
         }
         // The logits row of each chunk that wants one: its last token in step order.
-        let last_token_of = |chunk: usize| {
-            order
-                .iter()
-                .rposition(|&(i, _)| i == chunk)
-                .unwrap_or_default()
-        };
+        let last_token_of = |chunk: usize| order.iter().rposition(|&(i, _)| i == chunk).unwrap_or_default();
         for (r, &i) in want.iter().enumerate() {
             w[o.logits_rows + r] = to_i32(last_token_of(i), "row")?;
         }
@@ -396,13 +394,27 @@ mod tests {
         let p = StepPlan::build(&dec, &rows, 16, Some(4)).unwrap_or_default();
         assert_eq!((p.n_tokens, p.n_decode, p.n_rows, p.n_seqs), (4, 4, 4, 5));
         assert_eq!(p.penalty_capacity, 64);
-        assert_eq!(p.words[p.off.slots..p.off.slots + 4].to_vec(), vec![117, -1, -1, -1]);
-        assert_eq!(p.words[p.off.query_seq..p.off.query_seq + 4].to_vec(), vec![0, 1, 1, 1]);
+        assert_eq!(
+            p.words[p.off.slots..p.off.slots + 4].to_vec(),
+            vec![117, -1, -1, -1]
+        );
+        assert_eq!(
+            p.words[p.off.query_seq..p.off.query_seq + 4].to_vec(),
+            vec![0, 1, 1, 1]
+        );
         let sp = &p.words[p.off.params..p.off.params + SampleParams::WORDS];
-        let want = sample_params(&rows[0], 0).map(|p| p.to_words()).unwrap_or_default();
+        let want = sample_params(&rows[0], 0)
+            .map(|p| p.to_words())
+            .unwrap_or_default();
         assert_eq!(sp, want.as_slice());
         assert_eq!((sp[7], sp[8], sp[9], sp[10], sp[12]), (2, 1, 4, 2, 2));
-        assert_eq!(p.words[p.off.penalty_ids..p.off.penalty_ids + 2].to_vec(), vec![3, 8]);
-        assert_eq!(p.words[p.off.penalty_counts..p.off.penalty_counts + 2].to_vec(), vec![1, 0]);
+        assert_eq!(
+            p.words[p.off.penalty_ids..p.off.penalty_ids + 2].to_vec(),
+            vec![3, 8]
+        );
+        assert_eq!(
+            p.words[p.off.penalty_counts..p.off.penalty_counts + 2].to_vec(),
+            vec![1, 0]
+        );
     }
 }

@@ -60,7 +60,9 @@ fn libraries_present() -> Result<()> {
         )
     };
     if !driver {
-        return Err(no_cuda("the NVIDIA driver library (libcuda.so.1) is not installed"));
+        return Err(no_cuda(
+            "the NVIDIA driver library (libcuda.so.1) is not installed",
+        ));
     }
     if !cublas || !cublaslt {
         return Err(no_cuda(
@@ -89,7 +91,9 @@ pub(crate) fn open(ordinal: usize) -> Result<(Arc<CudaContext>, CudaDeviceInfo)>
             compute_capability: ctx
                 .compute_capability()
                 .map_err(|e| driver("reading the compute capability", e))?,
-            total_memory: ctx.total_mem().map_err(|e| driver("reading the memory size", e))?,
+            total_memory: ctx
+                .total_mem()
+                .map_err(|e| driver("reading the memory size", e))?,
         };
         if info.compute_capability < MIN_COMPUTE_CAPABILITY {
             return Err(no_cuda(format!(
