@@ -60,7 +60,10 @@ fn cuda_logits_and_greedy_tokens_match_cpu() {
         let diff = common::max_abs_diff(&got, &want);
         let range = want.iter().fold(0.0f32, |m, &x| m.max(x.abs()));
         eprintln!("prompt {i}: max |logit diff| {diff:.4} (logits up to {range:.2})");
-        assert!(diff <= 0.05 * range.max(1.0), "prompt {i}: logits differ by {diff}");
+        assert!(
+            diff <= 0.05 * range.max(1.0),
+            "prompt {i}: logits differ by {diff}"
+        );
         if margin(&want) > 2.0 * diff {
             assert_eq!(argmax(&got), argmax(&want), "prompt {i}: top token");
         }
@@ -68,7 +71,10 @@ fn cuda_logits_and_greedy_tokens_match_cpu() {
         let g_gpu = common::greedy(&mut gpu, p, 16);
         let same = g_cpu.iter().zip(&g_gpu).take_while(|(a, b)| a == b).count();
         eprintln!("prompt {i}: greedy tokens agree for {same} of {}", g_cpu.len());
-        assert!(same >= 4.min(g_cpu.len()), "prompt {i}: greedy {g_gpu:?} vs cpu {g_cpu:?}");
+        assert!(
+            same >= 4.min(g_cpu.len()),
+            "prompt {i}: greedy {g_gpu:?} vs cpu {g_cpu:?}"
+        );
     }
 }
 
@@ -127,7 +133,10 @@ fn cuda_device_sampling_agrees_with_its_logits() {
         let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
         let log_z = max + row.iter().map(|&l| ((l - max) as f64).exp()).sum::<f64>().ln() as f32;
         let lp = d.logprob.expect("logprob asked for");
-        assert!((lp - (row[d.id as usize] - log_z)).abs() < 1e-2, "row {i}: logprob {lp}");
+        assert!(
+            (lp - (row[d.id as usize] - log_z)).abs() < 1e-2,
+            "row {i}: logprob {lp}"
+        );
         assert_eq!(d.top_logprobs.len(), 3);
         assert_eq!(d.top_logprobs[0].0, d.id);
     }

@@ -25,7 +25,7 @@ enum Command {
     Generate(generate::GenerateArgs),
     /// Print the token ids of a text (no special tokens added).
     Tokenize(tokenize::TokenizeArgs),
-    /// Manage models: pull, import, list.
+    /// Manage models: pull, import, synth, list.
     #[command(subcommand)]
     Model(model::ModelCommand),
     /// Serve the gRPC API (veil.v1.Inference) with health, reflection and metrics.

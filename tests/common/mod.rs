@@ -161,7 +161,6 @@ pub fn alone(backend: &mut dyn Backend, prompt: &[u32]) -> Vec<Vec<f32>> {
     out
 }
 
-
 /// Sequences run together in one forward step (mixed prefill chunks and decode tokens,
 /// interleaved shuffled KV blocks) give the logits they give alone, within `tolerance`, and
 /// the same greedy tokens. The reference prompts; any backend.
