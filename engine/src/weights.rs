@@ -208,6 +208,62 @@ fn parse_header(buf: &[u8]) -> Result<Vec<(String, TensorEntry)>> {
     Ok(out)
 }
 
+/// One decoder layer's tensors in f32, with q|k|v and gate|up fused (rows of q, then k, then v;
+/// gate then up), as both backends lay them out.
+#[derive(Debug)]
+pub struct LayerTensors {
+    /// `input_layernorm.weight` `[hidden]`.
+    pub attn_norm: Vec<f32>,
+    /// q|k|v projection `[(heads + 2 kv_heads) head_dim, hidden]`.
+    pub qkv: Vec<f32>,
+    /// q|k|v bias, when the model has one (Qwen2).
+    pub qkv_bias: Option<Vec<f32>>,
+    /// Output projection `[hidden, heads head_dim]`.
+    pub o_proj: Vec<f32>,
+    /// `post_attention_layernorm.weight` `[hidden]`.
+    pub mlp_norm: Vec<f32>,
+    /// gate|up projection `[2 intermediate, hidden]`.
+    pub gate_up: Vec<f32>,
+    /// Down projection `[hidden, intermediate]`.
+    pub down: Vec<f32>,
+}
+
+impl Weights {
+    /// Reads layer `i` (Hugging Face Llama tensor names), checking every shape.
+    pub fn layer(&self, cfg: &crate::config::ModelConfig, i: usize) -> Result<LayerTensors> {
+        let h = cfg.hidden_size;
+        let (nh, nkv, hd, inter) = (
+            cfg.num_heads,
+            cfg.num_kv_heads,
+            cfg.head_dim,
+            cfg.intermediate_size,
+        );
+        let p = format!("model.layers.{i}");
+        let mut qkv = self.f32(&format!("{p}.self_attn.q_proj.weight"), &[nh * hd, h])?;
+        qkv.extend(self.f32(&format!("{p}.self_attn.k_proj.weight"), &[nkv * hd, h])?);
+        qkv.extend(self.f32(&format!("{p}.self_attn.v_proj.weight"), &[nkv * hd, h])?);
+        let qkv_bias = if cfg.attention_bias {
+            let mut b = self.f32(&format!("{p}.self_attn.q_proj.bias"), &[nh * hd])?;
+            b.extend(self.f32(&format!("{p}.self_attn.k_proj.bias"), &[nkv * hd])?);
+            b.extend(self.f32(&format!("{p}.self_attn.v_proj.bias"), &[nkv * hd])?);
+            Some(b)
+        } else {
+            None
+        };
+        let mut gate_up = self.f32(&format!("{p}.mlp.gate_proj.weight"), &[inter, h])?;
+        gate_up.extend(self.f32(&format!("{p}.mlp.up_proj.weight"), &[inter, h])?);
+        Ok(LayerTensors {
+            attn_norm: self.f32(&format!("{p}.input_layernorm.weight"), &[h])?,
+            qkv,
+            qkv_bias,
+            o_proj: self.f32(&format!("{p}.self_attn.o_proj.weight"), &[h, nh * hd])?,
+            mlp_norm: self.f32(&format!("{p}.post_attention_layernorm.weight"), &[h])?,
+            gate_up,
+            down: self.f32(&format!("{p}.mlp.down_proj.weight"), &[h, inter])?,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -286,3 +342,4 @@ mod tests {
         }
     }
 }
+

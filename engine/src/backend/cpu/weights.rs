@@ -94,29 +94,27 @@ impl CpuWeights {
         let mut layers = Vec::with_capacity(cfg.num_layers);
         for i in 0..cfg.num_layers {
             let p = format!("model.layers.{i}");
-            let mut qkv = w.f32(&format!("{p}.self_attn.q_proj.weight"), &[nh * hd, h])?;
-            qkv.extend(w.f32(&format!("{p}.self_attn.k_proj.weight"), &[nkv * hd, h])?);
-            qkv.extend(w.f32(&format!("{p}.self_attn.v_proj.weight"), &[nkv * hd, h])?);
-            let qkv_bias = if cfg.attention_bias {
-                let mut b = w.f32(&format!("{p}.self_attn.q_proj.bias"), &[nh * hd])?;
-                b.extend(w.f32(&format!("{p}.self_attn.k_proj.bias"), &[nkv * hd])?);
-                b.extend(w.f32(&format!("{p}.self_attn.v_proj.bias"), &[nkv * hd])?);
-                Some(b)
-            } else {
-                None
-            };
-            let o = w.f32(&format!("{p}.self_attn.o_proj.weight"), &[h, nh * hd])?;
-            let mut gate_up = w.f32(&format!("{p}.mlp.gate_proj.weight"), &[inter, h])?;
-            gate_up.extend(w.f32(&format!("{p}.mlp.up_proj.weight"), &[inter, h])?);
-            let down = w.f32(&format!("{p}.mlp.down_proj.weight"), &[h, inter])?;
+            let t = w.layer(cfg, i)?;
             layers.push(Layer {
-                attn_norm: w.f32(&format!("{p}.input_layernorm.weight"), &[h])?,
-                qkv: pack(&format!("{p}.self_attn.qkv"), (nh + 2 * nkv) * hd, h, &qkv, dtype)?,
-                qkv_bias,
-                o_proj: pack(&format!("{p}.self_attn.o_proj.weight"), h, nh * hd, &o, dtype)?,
-                mlp_norm: w.f32(&format!("{p}.post_attention_layernorm.weight"), &[h])?,
-                gate_up: pack(&format!("{p}.mlp.gate_up"), 2 * inter, h, &gate_up, dtype)?,
-                down: pack(&format!("{p}.mlp.down_proj.weight"), h, inter, &down, dtype)?,
+                attn_norm: t.attn_norm,
+                qkv: pack(
+                    &format!("{p}.self_attn.qkv"),
+                    (nh + 2 * nkv) * hd,
+                    h,
+                    &t.qkv,
+                    dtype,
+                )?,
+                qkv_bias: t.qkv_bias,
+                o_proj: pack(
+                    &format!("{p}.self_attn.o_proj.weight"),
+                    h,
+                    nh * hd,
+                    &t.o_proj,
+                    dtype,
+                )?,
+                mlp_norm: t.mlp_norm,
+                gate_up: pack(&format!("{p}.mlp.gate_up"), 2 * inter, h, &t.gate_up, dtype)?,
+                down: pack(&format!("{p}.mlp.down_proj.weight"), h, inter, &t.down, dtype)?,
             });
             progress(i + 1, cfg.num_layers);
         }

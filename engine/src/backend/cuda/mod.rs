@@ -322,6 +322,25 @@ impl CudaBackend {
         let eps = Arg::F32(c.rms_norm_eps);
         let scale = Arg::F32(1.0 / (hd as f32).sqrt());
         let gt = |n: usize| (n as u32, 1, 1);
+        // residual += delta (unless 0, i.e. NULL); normed = RMSNorm(residual) · weight.
+        let add_norm = |delta: u64, weight: u64| {
+            k.launch(
+                &st,
+                "veil_add_rmsnorm",
+                gt(t),
+                256,
+                0,
+                &[
+                    Arg::Ptr(resid),
+                    Arg::Ptr(delta),
+                    Arg::Ptr(weight),
+                    Arg::Ptr(normed),
+                    i32v(t),
+                    i32v(h),
+                    eps,
+                ],
+            )
+        };
         k.launch(
             &st,
             "veil_embed",
@@ -338,22 +357,7 @@ impl CudaBackend {
         )?;
         for (l, layer) in self.w.layers.iter().enumerate() {
             let prev = if l == 0 { 0 } else { delta };
-            k.launch(
-                &st,
-                "veil_add_rmsnorm",
-                gt(t),
-                256,
-                0,
-                &[
-                    Arg::Ptr(resid),
-                    Arg::Ptr(prev),
-                    Arg::Ptr(ptr(&layer.attn_norm, &st)),
-                    Arg::Ptr(normed),
-                    i32v(t),
-                    i32v(h),
-                    eps,
-                ],
-            )?;
+            add_norm(prev, ptr(&layer.attn_norm, &st))?;
             self.gemm.matmul(
                 qkv,
                 normed,
@@ -473,22 +477,7 @@ impl CudaBackend {
                     out: OutType::Bf16,
                 },
             )?;
-            k.launch(
-                &st,
-                "veil_add_rmsnorm",
-                gt(t),
-                256,
-                0,
-                &[
-                    Arg::Ptr(resid),
-                    Arg::Ptr(delta),
-                    Arg::Ptr(ptr(&layer.mlp_norm, &st)),
-                    Arg::Ptr(normed),
-                    i32v(t),
-                    i32v(h),
-                    eps,
-                ],
-            )?;
+            add_norm(delta, ptr(&layer.mlp_norm, &st))?;
             self.gemm.matmul(
                 gate_up,
                 normed,
@@ -522,22 +511,7 @@ impl CudaBackend {
         }
         // The last layer's MLP output joins the residual; then the final norm of the sampled
         // rows only, the LM head and (optionally) sampling.
-        k.launch(
-            &st,
-            "veil_add_rmsnorm",
-            gt(t),
-            256,
-            0,
-            &[
-                Arg::Ptr(resid),
-                Arg::Ptr(delta),
-                Arg::Ptr(ptr(&self.w.final_norm, &st)),
-                Arg::Ptr(normed),
-                i32v(t),
-                i32v(h),
-                eps,
-            ],
-        )?;
+        add_norm(delta, ptr(&self.w.final_norm, &st))?;
         let r = p.n_rows;
         if r == 0 {
             return Ok(());

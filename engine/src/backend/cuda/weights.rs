@@ -103,12 +103,6 @@ impl GpuWeights {
             bytes: 0,
         };
         let h = cfg.hidden_size;
-        let (nh, nkv, hd, inter) = (
-            cfg.num_heads,
-            cfg.num_kv_heads,
-            cfg.head_dim,
-            cfg.intermediate_size,
-        );
         let embed = w.f32("model.embed_tokens.weight", &[cfg.vocab_size, h])?;
         let embedding = up.upload(&embed)?;
         let lm_head = if cfg.tie_word_embeddings || !w.contains("lm_head.weight") {
@@ -119,28 +113,15 @@ impl GpuWeights {
         drop(embed);
         let mut layers = Vec::with_capacity(cfg.num_layers);
         for i in 0..cfg.num_layers {
-            let p = format!("model.layers.{i}");
-            let mut qkv = w.f32(&format!("{p}.self_attn.q_proj.weight"), &[nh * hd, h])?;
-            qkv.extend(w.f32(&format!("{p}.self_attn.k_proj.weight"), &[nkv * hd, h])?);
-            qkv.extend(w.f32(&format!("{p}.self_attn.v_proj.weight"), &[nkv * hd, h])?);
-            let qkv_bias = if cfg.attention_bias {
-                let mut b = w.f32(&format!("{p}.self_attn.q_proj.bias"), &[nh * hd])?;
-                b.extend(w.f32(&format!("{p}.self_attn.k_proj.bias"), &[nkv * hd])?);
-                b.extend(w.f32(&format!("{p}.self_attn.v_proj.bias"), &[nkv * hd])?);
-                Some(up.upload(&b)?)
-            } else {
-                None
-            };
-            let mut gate_up = w.f32(&format!("{p}.mlp.gate_proj.weight"), &[inter, h])?;
-            gate_up.extend(w.f32(&format!("{p}.mlp.up_proj.weight"), &[inter, h])?);
+            let t = w.layer(cfg, i)?;
             layers.push(GpuLayer {
-                attn_norm: up.upload(&w.f32(&format!("{p}.input_layernorm.weight"), &[h])?)?,
-                qkv: up.upload(&qkv)?,
-                qkv_bias,
-                o_proj: up.upload(&w.f32(&format!("{p}.self_attn.o_proj.weight"), &[h, nh * hd])?)?,
-                mlp_norm: up.upload(&w.f32(&format!("{p}.post_attention_layernorm.weight"), &[h])?)?,
-                gate_up: up.upload(&gate_up)?,
-                down: up.upload(&w.f32(&format!("{p}.mlp.down_proj.weight"), &[h, inter])?)?,
+                attn_norm: up.upload(&t.attn_norm)?,
+                qkv: up.upload(&t.qkv)?,
+                qkv_bias: t.qkv_bias.as_deref().map(|b| up.upload(b)).transpose()?,
+                o_proj: up.upload(&t.o_proj)?,
+                mlp_norm: up.upload(&t.mlp_norm)?,
+                gate_up: up.upload(&t.gate_up)?,
+                down: up.upload(&t.down)?,
             });
             progress(i + 1, cfg.num_layers);
         }
