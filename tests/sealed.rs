@@ -516,6 +516,14 @@ fn check_cli(server: &Server, dir: &std::path::Path) {
     std::fs::write(&forged_path, forged.to_string()).unwrap();
     let out = check(&forged_path);
     assert!(!out.status.success(), "a forged receipt must not check out");
+    // Without a policy, the strict one applies: simulated evidence behind a receipt is refused.
+    let out = Command::new(env!("CARGO_BIN_EXE_veil"))
+        .args(["attest", "receipt"])
+        .arg(&receipt)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("does not verify"));
 
     // Without a policy the strict default refuses simulated evidence, with the way out named.
     let out = Command::new(env!("CARGO_BIN_EXE_veil"))

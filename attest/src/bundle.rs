@@ -286,6 +286,24 @@ pub fn verify_bundle(
             "model digest {model_digest} is not in the policy"
         )));
     }
+    let engine_digest = hex::encode(&claims.engine_build_digest);
+    if !policy.accepted_engine_build_digests.is_empty()
+        && !policy
+            .accepted_engine_build_digests
+            .iter()
+            .any(|d| d.eq_ignore_ascii_case(&engine_digest))
+    {
+        return Err(Error::Policy(format!(
+            "engine build digest {engine_digest} is not in the policy"
+        )));
+    }
+    // An engine computing on a GPU must prove that GPU: otherwise prompts would cross PCIe to a
+    // device nothing attested.
+    if !simulated && claims.backend == "cuda" && bundle.gpus.is_empty() {
+        return Err(Error::Policy(
+            "the engine runs on CUDA but the bundle carries no GPU evidence".into(),
+        ));
+    }
     let age = now as i64 - claims.server_time_unix;
     if age > policy.max_age_secs as i64 {
         return Err(Error::Expired(format!(

@@ -4,6 +4,7 @@
 //! allow_simulated = false          # accept simulated evidence (never confidential)
 //! max_age_secs = 300               # bundle server_time may be at most this old
 //! accepted_model_digests = ["<64 hex>"]   # empty: any model
+//! accepted_engine_build_digests = ["<64 hex>"]   # empty: any engine build
 //!
 //! [gpu]
 //! require_cc = true                # claims must say CC "on" (production, dev-tools off)
@@ -42,6 +43,11 @@ pub struct Policy {
     /// Accepted model digests (hex); empty accepts any.
     #[serde(default)]
     pub accepted_model_digests: Vec<String>,
+    /// Accepted engine executable digests (hex, the claims' `engine_build_digest`); empty
+    /// accepts any. Pin it together with the TEE measurements: they prove the VM, this proves
+    /// which engine runs in it.
+    #[serde(default)]
+    pub accepted_engine_build_digests: Vec<String>,
     /// GPU requirements.
     #[serde(default)]
     pub gpu: GpuPolicy,
@@ -63,6 +69,7 @@ impl Default for Policy {
             allow_simulated: false,
             max_age_secs: default_max_age(),
             accepted_model_digests: Vec::new(),
+            accepted_engine_build_digests: Vec::new(),
             gpu: GpuPolicy::default(),
             tdx: TdxRules::default(),
             snp: SnpRules::default(),

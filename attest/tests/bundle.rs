@@ -110,6 +110,19 @@ fn each_attack_fails_with_its_own_error() {
     let err = verify_bundle(&changed, Some(&nonce), &p, NOW).expect_err("changed claim");
     assert!(matches!(err, Error::ClaimsMismatch(_)), "{err}");
 
+    // An engine build the policy does not pin.
+    let pinned = Policy {
+        accepted_engine_build_digests: vec![hex::encode([2u8; 32])],
+        ..lenient()
+    };
+    let err = verify_bundle(&good, Some(&nonce), &pinned, NOW).expect_err("engine digest");
+    assert!(matches!(err, Error::Policy(_)), "{err}");
+    let ok = Policy {
+        accepted_engine_build_digests: vec![hex::encode([1u8; 32])],
+        ..lenient()
+    };
+    verify_bundle(&good, Some(&nonce), &ok, NOW).expect("the pinned engine build verifies");
+
     // A receipt key of the wrong length is malformed, not silently dropped (re-sign the claims
     // so that only this check can fail).
     let mut c = claims([9; 32]);

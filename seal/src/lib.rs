@@ -356,8 +356,8 @@ fn seal_request_with_rng<R: rand_core::CryptoRng + RngCore>(
 }
 
 /// Open a sealed request: checks the key id, decrypts with HPKE `info`, checks the timestamp
-/// against `now_unix ± window_secs`, then the replay cache. Returns the request and the server
-/// session.
+/// against the replay cache's clock `± window_secs` (see [`ReplayCache::observe`]), then the
+/// replay cache. Returns the request and the server session.
 pub fn open_request(
     keypair: &SessionKeyPair,
     parts: &SealedRequestParts,
@@ -365,6 +365,37 @@ pub fn open_request(
     now_unix: i64,
     replay: &mut ReplayCache,
     window_secs: i64,
+) -> Result<(Zeroizing<Vec<u8>>, ServerSession)> {
+    open_checked(keypair, parts, info, |enc, ts| {
+        replay.admit(enc, ts, now_unix, window_secs)
+    })
+}
+
+/// As [`open_request`], for a cache shared between threads: the lock is held only for the
+/// replay check, not while decrypting.
+pub fn open_request_shared(
+    keypair: &SessionKeyPair,
+    parts: &SealedRequestParts,
+    info: &[u8],
+    now_unix: i64,
+    replay: &std::sync::Mutex<ReplayCache>,
+    window_secs: i64,
+) -> Result<(Zeroizing<Vec<u8>>, ServerSession)> {
+    open_checked(keypair, parts, info, |enc, ts| {
+        replay
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .admit(enc, ts, now_unix, window_secs)
+    })
+}
+
+/// Decrypts and authenticates, then lets `admit` judge freshness and replay (given the
+/// encapsulated key and the client's timestamp) before any response key is derived.
+fn open_checked(
+    keypair: &SessionKeyPair,
+    parts: &SealedRequestParts,
+    info: &[u8],
+    admit: impl FnOnce([u8; ENC_LEN], i64) -> Result<()>,
 ) -> Result<(Zeroizing<Vec<u8>>, ServerSession)> {
     if parts.key_id != keypair.key_id() {
         return Err(SealError::WrongKey);
@@ -387,11 +418,7 @@ pub fn open_request(
         .get(..8)
         .and_then(|b| b.try_into().ok())
         .ok_or(SealError::Malformed("envelope shorter than its timestamp"))?;
-    let ts = i64::from_be_bytes(ts_bytes);
-    if now_unix.abs_diff(ts) > window_secs.unsigned_abs() {
-        return Err(SealError::Stale);
-    }
-    replay.check_and_insert(enc_bytes, ts, now_unix, window_secs)?;
+    admit(enc_bytes, i64::from_be_bytes(ts_bytes))?;
     let keys = StreamKeys::new(
         |label, out| ctx.export(label, out).map_err(|_| SealError::Hpke),
         parts.digest(),
@@ -410,6 +437,8 @@ pub struct ReplayCache {
     capacity: usize,
     seen: HashMap<[u8; ENC_LEN], i64>,
     order: VecDeque<([u8; ENC_LEN], i64)>,
+    /// The latest clock reading seen (the cache's clock never goes back).
+    latest: i64,
 }
 
 impl ReplayCache {
@@ -419,7 +448,27 @@ impl ReplayCache {
             capacity,
             seen: HashMap::new(),
             order: VecDeque::new(),
+            latest: i64::MIN,
         }
+    }
+
+    /// The time freshness and expiry are judged against: the latest `now` ever given. A clock
+    /// set back (the host controls a guest's wall clock) therefore cannot make a forgotten,
+    /// expired request fresh again, which would make the server answer it a second time under
+    /// the same response key and nonces.
+    pub fn observe(&mut self, now: i64) -> i64 {
+        self.latest = self.latest.max(now);
+        self.latest
+    }
+
+    /// Freshness, then replay: the request's timestamp must be within `window_secs` of the
+    /// cache's clock, and its encapsulated key unseen.
+    fn admit(&mut self, enc: [u8; ENC_LEN], ts: i64, now_unix: i64, window_secs: i64) -> Result<()> {
+        let now = self.observe(now_unix);
+        if now.abs_diff(ts) > window_secs.unsigned_abs() {
+            return Err(SealError::Stale);
+        }
+        self.check_and_insert(enc, ts, now, window_secs)
     }
 
     /// Number of entries held.

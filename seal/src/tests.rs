@@ -291,6 +291,34 @@ fn replays_are_rejected_and_cache_is_bounded() {
 }
 
 /// A stream of `n` data chunks and the final receipt chunk (`n + 1` chunks on the wire).
+#[test]
+fn a_clock_set_back_cannot_replay_an_expired_request() {
+    let kp = SessionKeyPair::generate();
+    let mut cache = ReplayCache::new(4);
+    let (a, _) = seal_request(&kp.public_key_bytes(), kp.key_id(), b"r", NOW, APP_INFO).unwrap();
+    open_request(&kp, &a, APP_INFO, NOW, &mut cache, WINDOW).unwrap();
+    // Time passes: `a` expires from the cache once a later request is admitted.
+    let later = NOW + 3 * WINDOW;
+    let (b, _) = seal_request(&kp.public_key_bytes(), kp.key_id(), b"r", later, APP_INFO).unwrap();
+    open_request(&kp, &b, APP_INFO, later, &mut cache, WINDOW).unwrap();
+    assert_eq!(cache.len(), 1);
+    // The host sets the clock back to when `a` was fresh: still stale by the cache's clock.
+    assert_eq!(
+        open_request(&kp, &a, APP_INFO, NOW, &mut cache, WINDOW).unwrap_err(),
+        SealError::Stale
+    );
+    // The shared form behaves the same.
+    let shared = std::sync::Mutex::new(cache);
+    assert_eq!(
+        open_request_shared(&kp, &a, APP_INFO, NOW, &shared, WINDOW).unwrap_err(),
+        SealError::Stale
+    );
+    assert_eq!(
+        open_request_shared(&kp, &b, APP_INFO, later, &shared, WINDOW).unwrap_err(),
+        SealError::Replayed
+    );
+}
+
 fn stream(n: usize) -> (ClientSession, ServerSession, Vec<Vec<u8>>) {
     let (kp, parts, client) = setup(b"req");
     let (_, mut server) = open(&kp, &parts).unwrap();

@@ -1,5 +1,6 @@
 //! `veil attest receipt FILE`: checks a receipt saved by `veil generate --server --receipt FILE`
-//! against the attestation bundle saved with it, and optionally the bundle against a policy.
+//! against the attestation bundle saved with it, and the bundle against a policy (the strict one
+//! by default): a receipt means something only if its bundle's evidence verifies.
 
 use std::path::PathBuf;
 
@@ -16,12 +17,12 @@ use crate::cli::remote::{load_policy, rejection};
 pub(crate) struct ReceiptArgs {
     /// The receipt (JSON written by `veil generate --server --receipt FILE`).
     receipt: PathBuf,
-    /// Also verify the bundle against this policy (TOML).
+    /// The policy the bundle must satisfy (TOML) [default: strict: hardware evidence only].
     #[arg(long)]
     policy: Option<PathBuf>,
     /// Verify the bundle as of this time: Unix seconds or RFC 3339 [default: the time the
     /// bundle was made, so that an old receipt can still be checked].
-    #[arg(long, value_name = "TIME", requires = "policy")]
+    #[arg(long, value_name = "TIME")]
     at: Option<String>,
 }
 
@@ -57,14 +58,11 @@ pub(super) fn run(a: ReceiptArgs) -> anyhow::Result<()> {
         .context("bundle: want the bundle's bytes in hex")?;
     let bundle = decode_bundle(&bundle_bytes).context("bundle")?;
     check_receipt(&receipt, &bundle).context("the receipt does not check out")?;
-    eprintln!(
-        "receipt OK: signed by {} for model {} under bundle {}",
-        hex::encode(receipt.public_key),
-        hex::encode(receipt.claims.model_digest),
-        hex::encode(receipt.claims.bundle_digest)
-    );
-    if let Some(path) = &a.policy {
-        let policy = load_policy(path)?;
+    {
+        let policy = match &a.policy {
+            Some(path) => load_policy(path)?,
+            None => veil_attest::policy::Policy::default(),
+        };
         let at = match &a.at {
             Some(t) => parse_time(t)?,
             None => {
@@ -75,8 +73,17 @@ pub(super) fn run(a: ReceiptArgs) -> anyhow::Result<()> {
         };
         match verify_bundle(&bundle, None, &policy, at) {
             Ok(v) => print_verdict(&v)?,
-            Err(e) => anyhow::bail!("the receipt's bundle does not verify: {}", rejection(&e)),
+            Err(e) => anyhow::bail!(
+                "the receipt's signature matches its bundle, but the bundle does not verify: {}",
+                rejection(&e)
+            ),
         }
     }
+    eprintln!(
+        "receipt OK: signed by {} for model {} under bundle {}",
+        hex::encode(receipt.public_key),
+        hex::encode(receipt.claims.model_digest),
+        hex::encode(receipt.claims.bundle_digest)
+    );
     Ok(())
 }
