@@ -52,6 +52,23 @@ pub enum Error {
     /// A request is invalid (bad parameter, too long, unknown token id...).
     #[error("invalid request: {0}")]
     InvalidRequest(String),
+    /// A model's files do not hash to the digest expected of them (recorded when it was pulled
+    /// or imported, or pinned by the operator): a file was modified or corrupted on disk.
+    #[error(
+        "model digest mismatch in {dir}: its files hash to {actual}, but {expected_from} is \
+         {expected}; a model file was modified or corrupted on disk (pull or import the model \
+         again)"
+    )]
+    DigestMismatch {
+        /// The model directory.
+        dir: PathBuf,
+        /// Where the expected digest comes from.
+        expected_from: &'static str,
+        /// The expected digest (hex).
+        expected: String,
+        /// The digest of the files on disk (hex).
+        actual: String,
+    },
     /// The KV cache cannot hold what was asked.
     #[error("KV cache exhausted: {0}")]
     KvCacheExhausted(String),

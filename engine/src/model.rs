@@ -7,7 +7,8 @@ use crate::backend::cuda::CudaBackend;
 use crate::backend::{Backend, DType, Device};
 use crate::config::ModelConfig;
 use crate::digest::{ModelDigest, model_digest};
-use crate::error::Result;
+use crate::error::{Error, Result};
+use crate::store::ModelMetadata;
 use crate::tokenizer::Tokenizer;
 use crate::weights::Weights;
 
@@ -20,6 +21,9 @@ pub struct LoadOptions {
     pub threads: usize,
     /// Where the model runs.
     pub device: Device,
+    /// Refuse the model unless its files hash to this digest (the operator's pin), besides
+    /// the digest recorded in its `veil-model.json`, which is always checked.
+    pub expected_digest: Option<ModelDigest>,
 }
 
 impl Default for LoadOptions {
@@ -28,6 +32,7 @@ impl Default for LoadOptions {
             dtype: DType::Bf16,
             threads: veil_kernels::pool::ThreadPool::default_threads(),
             device: Device::Cpu,
+            expected_digest: None,
         }
     }
 }
@@ -61,10 +66,15 @@ impl std::fmt::Debug for LoadedModel {
 impl LoadedModel {
     /// Loads a Hugging Face model directory onto the chosen device's backend. `progress` sees
     /// (layers loaded, layers total).
+    ///
+    /// First the files' digest is computed and checked against the one recorded in the
+    /// directory's `veil-model.json` (written by `veil model pull` and `import`), if any, and
+    /// against [`LoadOptions::expected_digest`]; a mismatch is [`Error::DigestMismatch`] and
+    /// nothing else is read.
     pub fn load(dir: &Path, opts: &LoadOptions, progress: &mut dyn FnMut(usize, usize)) -> Result<Self> {
+        let digest = verify_digest(dir, opts.expected_digest)?;
         let config = ModelConfig::from_dir(dir)?;
         let tokenizer = std::sync::Arc::new(Tokenizer::from_dir(dir)?);
-        let digest = model_digest(dir)?;
         let weights = Weights::open(dir)?;
         let (backend, weight_bytes_per_token): (Box<dyn Backend>, usize) = match opts.device {
             Device::Cpu => {
@@ -92,5 +102,78 @@ impl LoadedModel {
             backend,
             weight_bytes_per_token,
         })
+    }
+}
+
+/// Computes `dir`'s digest and checks it against the recorded and the pinned digests.
+pub fn verify_digest(dir: &Path, pinned: Option<ModelDigest>) -> Result<ModelDigest> {
+    let recorded = ModelMetadata::recorded_digest(dir)?;
+    let actual = model_digest(dir)?;
+    let expected = [
+        (recorded, "the digest recorded in veil-model.json"),
+        (pinned, "the pinned digest"),
+    ];
+    for (want, from) in expected {
+        if let Some(want) = want
+            && want != actual
+        {
+            return Err(Error::DigestMismatch {
+                dir: dir.to_owned(),
+                expected_from: from,
+                expected: want.to_string(),
+                actual: actual.to_string(),
+            });
+        }
+    }
+    Ok(actual)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn digest_checked_against_record_and_pin() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let d = tmp.path();
+        std::fs::write(d.join("model.safetensors"), b"weights").expect("w");
+        std::fs::write(d.join("config.json"), b"{}").expect("w");
+        let good = model_digest(d).expect("digest");
+        // No record, no pin: any content loads.
+        assert_eq!(verify_digest(d, None).ok(), Some(good));
+        // A pin that matches; one that does not names both digests.
+        assert_eq!(verify_digest(d, Some(good)).ok(), Some(good));
+        let other = ModelDigest::from_bytes([7; 32]);
+        let e = verify_digest(d, Some(other)).expect_err("pin mismatch");
+        let msg = e.to_string();
+        assert!(
+            msg.contains(&good.to_string()) && msg.contains(&other.to_string()),
+            "{msg}"
+        );
+        assert!(msg.contains("pinned"), "{msg}");
+        // A recorded digest: a corrupted file is refused, naming both digests.
+        crate::store::ModelMetadata {
+            name: "m".into(),
+            source: None,
+            imported_from: None,
+            dtype: "f32".into(),
+            digest: good.to_string(),
+        }
+        .write(d)
+        .expect("record");
+        assert_eq!(verify_digest(d, None).ok(), Some(good));
+        std::fs::write(d.join("model.safetensors"), b"weightz").expect("w");
+        let bad = model_digest(d).expect("digest");
+        let e = verify_digest(d, None).expect_err("corrupted");
+        assert!(matches!(e, Error::DigestMismatch { .. }), "{e}");
+        let msg = e.to_string();
+        assert!(
+            msg.contains(&good.to_string()) && msg.contains(&bad.to_string()),
+            "{msg}"
+        );
+        assert!(msg.contains("veil-model.json"), "{msg}");
+        // An unreadable record is refused too.
+        std::fs::write(d.join("veil-model.json"), b"{").expect("w");
+        assert!(verify_digest(d, None).is_err());
     }
 }

@@ -63,6 +63,15 @@ pub struct OutputStream {
     max_stop_len: usize,
 }
 
+impl Drop for OutputStream {
+    /// Wipes the generated text held back for stop strings and the stop strings themselves.
+    fn drop(&mut self) {
+        use zeroize::Zeroize;
+        self.text.zeroize();
+        self.stop.stop_strings.iter_mut().for_each(Zeroize::zeroize);
+    }
+}
+
 impl OutputStream {
     /// A stream with the given stop conditions.
     pub fn new(stop: StopConditions) -> Self {

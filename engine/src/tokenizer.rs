@@ -168,6 +168,13 @@ pub struct IncrementalDetokenizer {
     read_offset: usize,
 }
 
+impl Drop for IncrementalDetokenizer {
+    /// Wipes the generated token ids.
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.ids);
+    }
+}
+
 impl IncrementalDetokenizer {
     /// A detokenizer for a fresh generation.
     pub fn new() -> Self {

@@ -20,6 +20,8 @@ pub mod v1 {
     tonic::include_proto!("veil.v1");
 }
 
+pub mod codec;
+
 /// The encoded `google.protobuf.FileDescriptorSet` of `veil/v1/inference.proto`, for reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("veil_descriptor");
 

@@ -129,12 +129,14 @@ pub(crate) fn resolve_model(arg: &str) -> anyhow::Result<PathBuf> {
     }
 }
 
-/// Resolves `--model` and loads it, reporting what was loaded on stderr.
+/// Resolves `--model` and loads it, reporting what was loaded on stderr. The files' digest is
+/// checked against the one recorded at pull or import and, when given, against `pin`.
 pub(crate) fn load_model(
     arg: &str,
     dtype: veil_engine::backend::DType,
     threads: Option<usize>,
     device: veil_engine::backend::DeviceArg,
+    pin: Option<veil_engine::digest::ModelDigest>,
 ) -> anyhow::Result<veil_engine::model::LoadedModel> {
     use veil_engine::model::{LoadOptions, LoadedModel};
     let dir = resolve_model(arg)?;
@@ -148,6 +150,7 @@ pub(crate) fn load_model(
     let mut opts = LoadOptions {
         dtype,
         device,
+        expected_digest: pin,
         ..LoadOptions::default()
     };
     if let Some(t) = threads {
@@ -194,7 +197,8 @@ pub(crate) fn run(cmd: ModelCommand) -> anyhow::Result<()> {
                 pb.set_position(done);
             })?;
             pb.finish_and_clear();
-            let digest = veil_engine::digest::model_digest(&dir)?;
+            // Recorded in DIR/veil-model.json: loading the model later checks its files.
+            let digest = veil_engine::store::record_import(&dir, &gguf, dtype)?;
             println!("{} {digest}", dir.display());
             Ok(())
         }

@@ -86,6 +86,15 @@ pub(crate) struct ServeArgs {
     /// requests get RESOURCE_EXHAUSTED until entries expire.
     #[arg(long, default_value_t = 1 << 18, value_name = "N")]
     replay_cache: usize,
+    /// Harden the process even when not confidential: no core dumps (RLIMIT_CORE 0) and not
+    /// dumpable (PR_SET_DUMPABLE 0: other processes cannot ptrace it or read its memory).
+    /// Always done when the server is confidential.
+    #[arg(long)]
+    harden: bool,
+    /// Refuse to serve unless the model's files hash to this digest (64 hex digits, as
+    /// `veil model list` shows). The digest recorded at pull or import is always checked.
+    #[arg(long, value_name = "HEX")]
+    model_digest: Option<veil_engine::digest::ModelDigest>,
     #[command(flatten)]
     model: ModelArg,
 }
@@ -133,11 +142,39 @@ pub(crate) fn run(a: ServeArgs) -> anyhow::Result<()> {
     anyhow::ensure!(a.replay_cache >= 1, "--replay-cache must be at least 1");
     // Before loading the model: a machine that cannot attest as asked fails fast.
     let collectors = Collectors::detect(&attestation).context("attestation")?;
+    // Before any plaintext, key or weight is in memory.
+    if collectors.confidential() || a.harden {
+        let why = if collectors.confidential() {
+            "confidential serving"
+        } else {
+            "--harden"
+        };
+        let done = crate::server::harden().with_context(|| format!("hardening the process ({why})"))?;
+        let (soft, hard) = done.core_limit_before;
+        tracing::info!(
+            reason = why,
+            core_limit_before_soft = soft,
+            core_limit_before_hard = hard,
+            "hardened the process: core dumps off (RLIMIT_CORE 0, soft and hard), not dumpable \
+             (PR_SET_DUMPABLE 0: no ptrace attach or /proc/PID/mem reads by other processes)"
+        );
+    } else {
+        tracing::warn!(
+            "process not hardened (not confidential and no --harden): core dumps and ptrace \
+             follow the system's settings"
+        );
+    }
+    if veil_engine::runtime::FAULT_INJECTION {
+        tracing::warn!(
+            "this build has test-only fault injection compiled in (cargo feature \
+             veil-engine/fault-injection); do not use it in production"
+        );
+    }
     anyhow::ensure!(
         a.gpu_memory_utilization > 0.0 && a.gpu_memory_utilization < 1.0,
         "--gpu-memory-utilization must be in (0, 1)"
     );
-    let mut model = load_model(&a.model.model, a.dtype, a.threads, a.model.device)?;
+    let mut model = load_model(&a.model.model, a.dtype, a.threads, a.model.device, a.model_digest)?;
     let defaults = RuntimeConfig::default();
     let cfg = RuntimeConfig {
         max_batched_tokens: a.max_batched_tokens.unwrap_or(defaults.max_batched_tokens),

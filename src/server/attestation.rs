@@ -152,6 +152,11 @@ fn gpu_problems(gpus: &[GpuCcState]) -> Vec<String> {
 }
 
 impl Collectors {
+    /// Whether a server with these collectors is confidential (as [`Attestor::confidential`]).
+    pub(crate) fn confidential(&self) -> bool {
+        self.insecure.is_none()
+    }
+
     /// Picks the evidence sources for `cfg` (see the module docs). Errors say what is missing
     /// and what to do.
     pub(crate) fn detect(cfg: &AttestationConfig) -> anyhow::Result<Self> {
@@ -287,6 +292,21 @@ impl Attestor {
             .ok()
             .and_then(|d| d.try_into().ok())
             .with_context(|| format!("the model digest {:?} is not 32 bytes of hex", info.digest))?;
+        let mut collectors = collectors;
+        if info.backend == "cuda" && collectors.gpu.is_none() {
+            // Prompts would cross PCIe to a GPU nothing attests.
+            let why = "the engine runs on CUDA but no NVIDIA GPU can be attested (NVML)";
+            if cfg.allow_insecure {
+                collectors
+                    .insecure
+                    .get_or_insert_with(|| format!("--allow-insecure: {why}"));
+            } else {
+                bail!(
+                    "refusing to serve confidential traffic: {why} (start with --allow-insecure to \
+                     serve WITHOUT confidentiality)"
+                );
+            }
+        }
         let engine_build_digest =
             executable_digest().context("hashing the running executable (/proc/self/exe)")?;
         let attestor = Self {

@@ -242,6 +242,10 @@ pub(crate) fn submit_error(e: &SubmitError, kind: InputKind, site: Site<'_>) -> 
             Status::resource_exhausted(format!("the server's request queue is full: {message}"))
         }
         SubmitError::ShuttingDown => Status::unavailable("the server is shutting down"),
+        SubmitError::EngineFailed => Status::unavailable(
+            "the inference engine failed and this server no longer serves (health: NOT_SERVING); \
+             retry on another server",
+        ),
     }
 }
 
@@ -250,7 +254,7 @@ pub(crate) fn submit_error_code(e: &SubmitError) -> &'static str {
     match e {
         SubmitError::Invalid { .. } | SubmitError::TooLarge { .. } => "invalid_argument",
         SubmitError::QueueFull(_) => "resource_exhausted",
-        SubmitError::ShuttingDown => "unavailable",
+        SubmitError::ShuttingDown | SubmitError::EngineFailed => "unavailable",
     }
 }
 

@@ -27,8 +27,16 @@ const REASONS: [(FinishReason, &str); 5] = [
     (FinishReason::Error, "error"),
 ];
 
-/// Status codes of refused requests as label values.
-const REJECTIONS: [&str; 3] = ["invalid_argument", "resource_exhausted", "unavailable"];
+/// Reasons of refused requests as label values: status codes, plus `plaintext_off` (a plaintext
+/// call to a server that turned them off) and `sealed_open` (a sealed request that did not open:
+/// wrong key, tampered, stale, replayed).
+const REJECTIONS: [&str; 5] = [
+    "invalid_argument",
+    "resource_exhausted",
+    "unavailable",
+    "plaintext_off",
+    "sealed_open",
+];
 
 /// Upper bounds of the time-to-first-token buckets, in seconds.
 const TTFT_BUCKETS: [f64; 13] = [

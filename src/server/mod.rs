@@ -10,10 +10,17 @@
 //!   errors into gRPC statuses naming the offending proto field.
 //! - [`metrics`] keeps Prometheus metrics and serves them over plain HTTP at `/metrics`.
 //! - [`shutdown`] waits for SIGINT or SIGTERM.
+//! - [`hardening`] turns off core dumps and ptrace access for confidential serving.
+//! - [`scrub`] wipes request and response content from memory once a call is done with it.
 //!
 //! Next to the inference service the server runs the standard gRPC health service
 //! (`grpc.health.v1.Health`: SERVING for "" and `veil.v1.Inference` while up, NOT_SERVING while
 //! draining) and server reflection (`grpc.reflection.v1` and `v1alpha`).
+//!
+//! If the engine thread fails (a panic), the health service reports NOT_SERVING from then on,
+//! in-flight calls end with status INTERNAL and new ones get UNAVAILABLE; the server keeps
+//! answering health checks so an orchestrator can replace it, and exits with an error status
+//! once told to stop.
 //!
 //! Shutdown on SIGINT or SIGTERM: stop admitting (new calls get UNAVAILABLE), report
 //! NOT_SERVING, let in-flight generations finish for up to the grace period, cancel the rest
@@ -22,7 +29,9 @@
 
 mod attestation;
 mod convert;
+mod hardening;
 mod metrics;
+mod scrub;
 mod sealed;
 mod service;
 mod shutdown;
@@ -40,6 +49,7 @@ use veil_engine::runtime::RuntimeHandle;
 use veil_proto::v1::inference_server::InferenceServer;
 
 pub(crate) use attestation::{AttestationConfig, AttestationMode, Attestor, Collectors};
+pub(crate) use hardening::harden;
 pub(crate) use sealed::SealedConfig;
 use service::InferenceService;
 pub(crate) use service::Limits;
@@ -90,6 +100,23 @@ pub(crate) async fn serve(handle: RuntimeHandle, cfg: ServerConfig) -> anyhow::R
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<InferenceServer<InferenceService>>().await;
     health.set_service_status("", ServingStatus::Serving).await;
+    // An engine failure turns both health statuses to NOT_SERVING for good.
+    let failure_task = {
+        let health = health.clone();
+        let failed = handle.failed();
+        tokio::spawn(async move {
+            let what = failed.await;
+            tracing::error!(
+                error = %what,
+                "the inference engine failed: reporting NOT_SERVING; new calls get UNAVAILABLE"
+            );
+            eprintln!("the inference engine failed ({what}); reporting NOT_SERVING");
+            health
+                .set_not_serving::<InferenceServer<InferenceService>>()
+                .await;
+            health.set_service_status("", ServingStatus::NotServing).await;
+        })
+    };
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(veil_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -174,6 +201,10 @@ pub(crate) async fn serve(handle: RuntimeHandle, cfg: ServerConfig) -> anyhow::R
     if let Some(t) = metrics_task {
         t.abort();
     }
+    failure_task.abort();
     eprintln!("shut down");
+    if let Some(what) = handle.failure() {
+        anyhow::bail!("the inference engine had failed: {what}");
+    }
     Ok(())
 }

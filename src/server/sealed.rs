@@ -16,12 +16,13 @@ use tokio::sync::mpsc;
 use tonic::Status;
 use veil_proto::v1::{self, sealed_payload::Body};
 use veil_seal::{
-    KEY_ID_LEN, ReplayCache, SealError, SealedRequestParts, SealedRpc, ServerSession, open_request,
+    KEY_ID_LEN, ReplayCache, SealError, SealedRequestParts, SealedRpc, ServerSession, open_request_shared,
 };
 use zeroize::Zeroizing;
 
 use super::attestation::{Attestor, unix_now};
 use super::convert::invalid;
+use super::scrub::Wiped;
 
 /// Sealed-call settings.
 #[derive(Debug, Clone, Copy)]
@@ -94,16 +95,15 @@ impl SealedCalls {
         };
         let key = attestor.session_key();
         let now = i64::try_from(unix_now()).unwrap_or(i64::MAX);
-        let mut replay = self.replay.lock().unwrap_or_else(|e| e.into_inner());
-        let opened = open_request(
+        // The replay cache is locked only for its check, not while decrypting.
+        let opened = open_request_shared(
             key,
             &parts,
             &rpc.info(&bundle_digest),
             now,
-            &mut replay,
+            &self.replay,
             self.window_secs,
         );
-        drop(replay);
         let (plaintext, session) = opened.map_err(|e| self.open_error(&e, key.key_id(), now))?;
         Ok(OpenedRequest {
             plaintext,
@@ -145,9 +145,10 @@ impl SealedCalls {
     }
 }
 
-/// Seals one payload into a chunk.
+/// Seals one payload into a chunk; the payload's content is wiped afterwards.
 fn seal_body(session: &mut ServerSession, body: Body) -> Result<v1::SealedResponse, SealError> {
-    let bytes = Zeroizing::new(v1::SealedPayload { body: Some(body) }.encode_to_vec());
+    let payload = Wiped(v1::SealedPayload { body: Some(body) });
+    let bytes = Zeroizing::new(payload.encode_to_vec());
     Ok(v1::SealedResponse {
         chunk: session.seal_chunk(&bytes)?,
     })

@@ -28,12 +28,21 @@ use veil_seal::SealedRpc;
 use super::attestation::Attestor;
 use super::convert::{self, InputKind, Site};
 use super::metrics::Metrics;
+use super::scrub::Wiped;
 use super::sealed::{OpenedRequest, SealedCalls, SealedConfig, seal_stream};
 
 /// Messages buffered per call between the forwarding task and the transport.
 const CHANNEL_DEPTH: usize = 64;
 /// How long a batch waits before retrying when the queue is full of other callers' requests.
 const QUEUE_RETRY: Duration = Duration::from_millis(50);
+
+/// The status of calls in flight when the engine thread failed.
+fn engine_stopped() -> Status {
+    Status::internal(
+        "the inference engine stopped unexpectedly; this server no longer serves (health: \
+         NOT_SERVING)",
+    )
+}
 
 /// Server limits beyond the engine's.
 #[derive(Debug, Clone, Copy)]
@@ -110,7 +119,9 @@ impl InferenceService {
         timeout: Option<Duration>,
     ) -> Result<Messages<v1::GenerateResponse>, Status> {
         let deadline = timeout.map(|t| Instant::now() + t);
-        let params = req.params.unwrap_or_default();
+        // The request's content is wiped once converted (the engine wipes its own copy).
+        let mut req = Wiped(req);
+        let params = Wiped(req.params.take().unwrap_or_default());
         let ctx = self.handle.model_info().context_length;
         let conv = convert::to_engine(
             req.input.as_ref(),
@@ -155,6 +166,7 @@ impl InferenceService {
         timeout: Option<Duration>,
     ) -> Result<Messages<v1::GenerateBatchResponse>, Status> {
         let deadline = timeout.map(|t| Instant::now() + t);
+        let req = Wiped(req);
         let reject = |s: Status| {
             self.metrics.record_rejected("invalid_argument");
             s
@@ -175,7 +187,7 @@ impl InferenceService {
         let ctx = self.handle.model_info().context_length;
         let mut items = Vec::with_capacity(req.items.len());
         for (index, item) in req.items.iter().enumerate() {
-            let params = convert::merge_params(req.params.as_ref(), item.params.as_ref());
+            let params = Wiped(convert::merge_params(req.params.as_ref(), item.params.as_ref()));
             let site = Site::BatchItem {
                 index,
                 item_params: item.params.as_ref(),
@@ -190,7 +202,7 @@ impl InferenceService {
             .map_err(reject)?;
             items.push(BatchItem {
                 conv,
-                item_params: item.params.clone(),
+                item_params: Wiped(item.params.clone()),
             });
         }
         tracing::debug!(id, items = items.len(), "generate_batch accepted");
@@ -224,11 +236,12 @@ impl InferenceService {
     }
 }
 
-/// Decodes an opened request.
+/// Decodes an opened request; one that does not decode is INVALID_ARGUMENT naming the field, as
+/// the transport answers a plaintext call.
 fn decode_opened<Req: Message + Default>(opened: &OpenedRequest, metrics: &Metrics) -> Result<Req, Status> {
-    Req::decode(opened.plaintext.as_slice()).map_err(|_| {
+    Req::decode(opened.plaintext.as_slice()).map_err(|e| {
         metrics.record_rejected("invalid_argument");
-        convert::invalid("request", "the opened request does not decode")
+        veil_proto::codec::request_decode_status(&e)
     })
 }
 
@@ -248,6 +261,7 @@ fn refusal(e: &SubmitError) -> &'static str {
         SubmitError::Invalid { field, .. } | SubmitError::TooLarge { field, .. } => field,
         SubmitError::QueueFull(_) => "queue full",
         SubmitError::ShuttingDown => "shutting down",
+        SubmitError::EngineFailed => "engine failed",
     }
 }
 
@@ -461,9 +475,7 @@ async fn forward_generate(
             None => {
                 metrics.record_finished(FinishReason::Error, None);
                 tracing::error!(id, "the engine dropped a request without finishing it");
-                let _ = tx
-                    .send(Err(Status::internal("the engine stopped unexpectedly")))
-                    .await;
+                let _ = tx.send(Err(engine_stopped())).await;
                 return;
             }
         }
@@ -475,7 +487,16 @@ async fn forward_generate(
 struct BatchItem {
     conv: convert::Converted,
     /// The item's own parameters, to name fields in errors.
-    item_params: Option<v1::GenerationParams>,
+    item_params: Wiped<Option<v1::GenerationParams>>,
+}
+
+impl Drop for BatchItem {
+    /// Wipes the stop strings of the item's engine request (its prompt wipes itself).
+    fn drop(&mut self) {
+        use zeroize::Zeroize;
+        let stop = &mut self.conv.request.stop.stop_strings;
+        stop.iter_mut().for_each(Zeroize::zeroize);
+    }
 }
 
 /// Runs a batch: submits the items in order as the queue admits them, collects each item's
@@ -492,8 +513,7 @@ async fn run_batch(
     let timer = tokio::time::sleep_until(deadline.unwrap_or_else(far_future));
     tokio::pin!(timer);
     // Dropping the set (on return) aborts the collectors, whose dropped streams cancel the rest.
-    let mut running: JoinSet<(usize, InputKind, runtime::Finished, v1::GenerateBatchResponse)> =
-        JoinSet::new();
+    let mut running: JoinSet<Result<CollectedItem, Status>> = JoinSet::new();
     let mut pending = items.into_iter().enumerate().peekable();
     // At most as many items in the engine at once as it runs sequences: enough to keep it busy,
     // while leaving the admission queue to other callers.
@@ -540,9 +560,17 @@ async fn run_batch(
             }
             joined = running.join_next(), if !running.is_empty() => {
                 let Some(joined) = joined else { continue };
-                let Ok((index, kind, finished, resp)) = joined else {
-                    let _ = tx.send(Err(Status::internal("a batch item failed"))).await;
-                    return;
+                let (index, kind, finished, resp) = match joined {
+                    Ok(Ok(item)) => item,
+                    Ok(Err(status)) => {
+                        tracing::error!(id, "the engine dropped a batch item without finishing it");
+                        let _ = tx.send(Err(status)).await;
+                        return;
+                    }
+                    Err(_) => {
+                        let _ = tx.send(Err(Status::internal("a batch item failed"))).await;
+                        return;
+                    }
                 };
                 if finished.reason == FinishReason::DeadlineExceeded {
                     let _ = tx.send(Err(deadline_status())).await;
@@ -560,12 +588,16 @@ async fn run_batch(
     }
 }
 
-/// Collects one batch item's events into its result.
+/// A finished batch item: its index, input kind, end and result message.
+type CollectedItem = (usize, InputKind, runtime::Finished, v1::GenerateBatchResponse);
+
+/// Collects one batch item's events into its result; fails when the engine dropped the item
+/// (the engine thread failed).
 async fn collect_item(
     index: usize,
     kind: InputKind,
     mut stream: RequestStream,
-) -> (usize, InputKind, runtime::Finished, v1::GenerateBatchResponse) {
+) -> Result<CollectedItem, Status> {
     let mut text = String::new();
     let mut tokens = Vec::new();
     let finished = loop {
@@ -575,13 +607,7 @@ async fn collect_item(
                 text.push_str(&t.text);
             }
             Some(Event::Finished(f)) => break f,
-            None => {
-                break runtime::Finished {
-                    reason: FinishReason::Error,
-                    error: Some("the engine stopped unexpectedly".into()),
-                    usage: runtime::Usage::default(),
-                };
-            }
+            None => return Err(engine_stopped()),
         }
     };
     let resp = v1::GenerateBatchResponse {
@@ -590,5 +616,5 @@ async fn collect_item(
         tokens,
         finished: Some(convert::finished(&finished)),
     };
-    (index, kind, finished, resp)
+    Ok((index, kind, finished, resp))
 }

@@ -1,7 +1,6 @@
 //! A `veil serve` child process for end-to-end tests, killed when dropped.
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
@@ -55,17 +54,36 @@ impl Server {
 
     /// As [`Server::try_spawn`] with `VEIL_LOG=filter`; stdout is captured into the log too.
     pub fn try_spawn_logging(args: &[String], filter: &str) -> Result<Server, String> {
-        let model: PathBuf = super::model_dir();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_veil"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--model"])
+        Server::try_spawn_with(args, filter, |_| {})
+    }
+
+    /// As [`Server::try_spawn_logging`], with `configure` adjusting the command (environment,
+    /// limits) before it starts.
+    pub fn try_spawn_with(
+        args: &[String],
+        filter: &str,
+        configure: impl FnOnce(&mut Command),
+    ) -> Result<Server, String> {
+        Server::try_spawn_model(&super::model_dir(), args, filter, configure)
+    }
+
+    /// As [`Server::try_spawn_with`], serving the model directory `model`.
+    pub fn try_spawn_model(
+        model: &std::path::Path,
+        args: &[String],
+        filter: &str,
+        configure: impl FnOnce(&mut Command),
+    ) -> Result<Server, String> {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_veil"));
+        cmd.args(["serve", "--listen", "127.0.0.1:0", "--model"])
             .arg(model)
             .args(args)
             .env("VEIL_LOG", filter)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start veil serve");
+            .stderr(Stdio::piped());
+        configure(&mut cmd);
+        let mut child = cmd.spawn().expect("start veil serve");
         let stderr = child.stderr.take().expect("stderr");
         let stdout = child.stdout.take().expect("stdout");
         let log = Arc::new(Mutex::new(String::new()));
@@ -187,6 +205,22 @@ impl Server {
             assert!(t.elapsed() < limit, "the server did not exit:\n{}", self.log());
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The server's resident memory (VmRSS) in KiB, from /proc/PID/status.
+    pub fn rss_kib(&self) -> u64 {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).expect("read /proc/PID/status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS in /proc/PID/status")
     }
 
     /// Everything the server wrote to stderr so far.

@@ -5,12 +5,19 @@
 //! owns the backend and the [`scheduler`], and every step spends a token budget across the
 //! running sequences (decode tokens first, then chunked prefill of newcomers). Dropping a
 //! stream cancels its request; the engine frees its KV blocks at the next step.
+//!
+//! If the engine thread fails (a panic in a backend or in the scheduler), the runtime does not
+//! hang: the panic is caught, every waiting and running request's stream ends without a
+//! `Finished` event, later submissions are refused with [`SubmitError::EngineFailed`], and
+//! [`RuntimeHandle::failure`] / [`RuntimeHandle::failed`] report it (the server turns that into
+//! NOT_SERVING on its health service).
 
 mod scheduler;
 mod sequence;
 mod validate;
 mod worker;
 
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
@@ -22,6 +29,10 @@ pub use crate::output::FinishReason;
 use crate::output::StopConditions;
 use crate::sampling::SamplingParams;
 use crate::tokenizer::{ChatMessage, Tokenizer};
+
+/// Whether this build can inject faults (`VEIL_FAULT_PANIC_AFTER_STEPS`; the test-only cargo
+/// feature `fault-injection`). Servers log a warning when it is on.
+pub const FAULT_INJECTION: bool = cfg!(feature = "fault-injection");
 
 /// Operator limits of the runtime.
 #[derive(Debug, Clone)]
@@ -61,7 +72,8 @@ pub enum Prompt {
     Tokens(Vec<u32>),
 }
 
-/// One generation request.
+/// One generation request. Its prompt is wiped from memory when it is dropped, its stop strings
+/// when [`RuntimeHandle::submit`] is done with it.
 #[derive(Debug, Clone)]
 pub struct Request {
     /// The input.
@@ -76,6 +88,23 @@ pub struct Request {
     pub top_logprobs: usize,
     /// Give up after this instant.
     pub deadline: Option<Instant>,
+}
+
+impl Drop for Prompt {
+    /// Wipes the text or token ids.
+    fn drop(&mut self) {
+        use zeroize::Zeroize;
+        match self {
+            Prompt::Text(text) => text.zeroize(),
+            Prompt::Chat(messages) => {
+                for m in messages.iter_mut() {
+                    m.role.zeroize();
+                    m.content.zeroize();
+                }
+            }
+            Prompt::Tokens(ids) => ids.zeroize(),
+        }
+    }
 }
 
 /// Timing and counts of a finished request.
@@ -136,6 +165,9 @@ pub enum SubmitError {
     /// The runtime is shutting down.
     #[error("the server is shutting down")]
     ShuttingDown,
+    /// The engine thread failed; this runtime can no longer generate.
+    #[error("the inference engine failed; this server can no longer generate")]
+    EngineFailed,
 }
 
 /// What the runtime serves, for clients and metrics.
@@ -208,6 +240,31 @@ enum Control {
     Shutdown { grace: Duration },
 }
 
+/// Set once, when the engine thread fails: what failed (for logs; never request content).
+pub(crate) type FailureCell = tokio::sync::watch::Sender<Option<String>>;
+
+/// Records the engine's failure (the first one wins).
+pub(crate) fn record_failure(cell: &FailureCell, what: String) {
+    cell.send_if_modified(|f| {
+        if f.is_some() {
+            return false;
+        }
+        *f = Some(what);
+        true
+    });
+}
+
+/// Marks the engine as failed if the engine thread unwinds past the worker's own panic handling.
+struct FailureGuard(Arc<FailureCell>);
+
+impl Drop for FailureGuard {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            record_failure(&self.0, "the engine thread panicked".into());
+        }
+    }
+}
+
 struct Inner {
     tx: Mutex<mpsc::Sender<Control>>,
     tokenizer: Arc<Tokenizer>,
@@ -217,6 +274,7 @@ struct Inner {
     admitting: AtomicBool,
     next_id: AtomicU64,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    failure: Arc<FailureCell>,
 }
 
 /// A cloneable handle to the engine thread.
@@ -275,10 +333,15 @@ impl RuntimeHandle {
         let stats = Arc::new(SharedStats::default());
         let (tx, rx) = mpsc::channel();
         let tokenizer = model.tokenizer.clone();
-        let worker = worker::Worker::new(model, cfg.clone(), num_blocks, stats.clone(), rx);
+        let failure = Arc::new(FailureCell::new(None));
+        let worker = worker::Worker::new(model, cfg.clone(), num_blocks, stats.clone(), rx, failure.clone());
+        let guard = FailureGuard(failure.clone());
         let thread = std::thread::Builder::new()
             .name("veil-engine".into())
-            .spawn(move || worker.run())
+            .spawn(move || {
+                let _guard = guard;
+                worker.run();
+            })
             .map_err(|e| Error::Backend {
                 backend: "runtime",
                 reason: format!("spawning the engine thread: {e}"),
@@ -293,17 +356,29 @@ impl RuntimeHandle {
                 admitting: AtomicBool::new(true),
                 next_id: AtomicU64::new(1),
                 thread: Mutex::new(Some(thread)),
+                failure,
             }),
         })
     }
 
-    /// Validates and tokenizes a request and queues it.
-    pub fn submit(&self, req: Request) -> std::result::Result<RequestStream, SubmitError> {
+    /// Validates and tokenizes a request and queues it. The request's content is wiped from
+    /// memory afterwards (the engine keeps its own copy while it runs).
+    pub fn submit(&self, mut req: Request) -> std::result::Result<RequestStream, SubmitError> {
+        let submitted = self.submit_ref(&req);
+        use zeroize::Zeroize;
+        req.stop.stop_strings.iter_mut().for_each(Zeroize::zeroize);
+        submitted
+    }
+
+    fn submit_ref(&self, req: &Request) -> std::result::Result<RequestStream, SubmitError> {
         let inner = &self.inner;
+        if inner.failure.borrow().is_some() {
+            return Err(SubmitError::EngineFailed);
+        }
         if !inner.admitting.load(Ordering::Acquire) {
             return Err(SubmitError::ShuttingDown);
         }
-        let prepared = validate::prepare(&req, &inner.tokenizer, &inner.info)?;
+        let prepared = validate::prepare(req, &inner.tokenizer, &inner.info)?;
         // Reserve a queue slot; refuse beyond the bound.
         let queued = inner.stats.queued.fetch_add(1, Ordering::AcqRel);
         if queued >= inner.cfg.max_queue {
@@ -316,7 +391,7 @@ impl RuntimeHandle {
         let (events_tx, events_rx) = tokio::sync::mpsc::unbounded_channel();
         let cancel = Arc::new(AtomicBool::new(false));
         let id = inner.next_id.fetch_add(1, Ordering::Relaxed);
-        let seq = sequence::Sequence::new(id, prepared, &req, events_tx, cancel.clone());
+        let seq = sequence::Sequence::new(id, prepared, req, events_tx, cancel.clone());
         let sent = inner
             .tx
             .lock()
@@ -327,6 +402,10 @@ impl RuntimeHandle {
             });
         if let Err(e) = sent {
             inner.stats.queued.fetch_sub(1, Ordering::AcqRel);
+            // The engine thread is gone: because it failed, or because the runtime shut down.
+            if inner.failure.borrow().is_some() {
+                return Err(SubmitError::EngineFailed);
+            }
             return Err(e);
         }
         Ok(RequestStream {
@@ -357,6 +436,28 @@ impl RuntimeHandle {
             generated_tokens_total: s.generated_tokens_total.load(Ordering::Relaxed),
             preemptions_total: s.preemptions_total.load(Ordering::Relaxed),
             steps_total: s.steps_total.load(Ordering::Relaxed),
+        }
+    }
+
+    /// What made the engine thread fail, once it has (`None` while it is healthy).
+    pub fn failure(&self) -> Option<String> {
+        self.inner.failure.borrow().clone()
+    }
+
+    /// Resolves when the engine thread fails, with what failed; pending forever while it is
+    /// healthy.
+    pub fn failed(&self) -> impl Future<Output = String> + Send + 'static {
+        let mut rx = self.inner.failure.subscribe();
+        async move {
+            loop {
+                if let Some(what) = rx.borrow_and_update().clone() {
+                    return what;
+                }
+                if rx.changed().await.is_err() {
+                    // The runtime is gone without failing.
+                    std::future::pending::<()>().await;
+                }
+            }
         }
     }
 

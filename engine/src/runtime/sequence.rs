@@ -117,3 +117,12 @@ impl Sequence {
         }));
     }
 }
+
+impl Drop for Sequence {
+    /// Wipes the prompt and completion token ids (the text and stop strings are wiped by the
+    /// output stream, the prompt's text by the request).
+    fn drop(&mut self) {
+        use zeroize::Zeroize;
+        self.tokens.zeroize();
+    }
+}

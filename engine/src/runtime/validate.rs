@@ -105,9 +105,11 @@ pub(crate) fn prepare(req: &Request, tok: &Tokenizer, info: &ModelInfo) -> Resul
                     message: format!("more than {MAX_INPUT_BYTES} bytes"),
                 });
             }
-            let text = tok
-                .apply_chat_template(messages)
-                .map_err(|e| invalid("messages", e.to_string()))?;
+            // The rendered conversation is wiped once tokenized.
+            let text = zeroize::Zeroizing::new(
+                tok.apply_chat_template(messages)
+                    .map_err(|e| invalid("messages", e.to_string()))?,
+            );
             tok.encode(&text)
                 .map_err(|e| invalid("messages", e.to_string()))?
         }

@@ -1,5 +1,10 @@
 //! The engine thread: takes submissions, runs scheduler steps on the backend, streams tokens.
+//!
+//! A panic on the engine thread is caught here: the failure is recorded (the handle refuses new
+//! requests and the server reports NOT_SERVING), and every request the engine held is dropped,
+//! which ends its stream without a `Finished` event, so no caller waits forever.
 
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc;
@@ -7,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use super::scheduler::{Limits, Planned, Scheduler};
 use super::sequence::Sequence;
-use super::{Control, Event, FinishReason, RuntimeConfig, SharedStats};
+use super::{Control, Event, FailureCell, FinishReason, RuntimeConfig, SharedStats, record_failure};
 use crate::backend::{DeviceSample, SampleRow, SeqChunk};
 use crate::generate::TokenEvent;
 use crate::kv_cache::BlockAllocator;
@@ -27,6 +32,11 @@ pub(crate) struct Worker {
     penalties: Vec<Vec<(u32, u32)>>,
     /// Set once a shutdown was asked for: the instant after which everything is cancelled.
     shutdown_by: Option<Instant>,
+    /// Where a failure of this thread is recorded.
+    failure: Arc<FailureCell>,
+    /// Test-only: panic once this many steps have run (`VEIL_FAULT_PANIC_AFTER_STEPS`).
+    #[cfg(feature = "fault-injection")]
+    panic_after_steps: Option<u64>,
 }
 
 impl Worker {
@@ -36,6 +46,7 @@ impl Worker {
         num_blocks: usize,
         stats: Arc<SharedStats>,
         rx: mpsc::Receiver<Control>,
+        failure: Arc<FailureCell>,
     ) -> Self {
         let limits = Limits {
             max_batched_tokens: cfg.max_batched_tokens,
@@ -51,11 +62,61 @@ impl Worker {
             picked: Vec::new(),
             penalties: Vec::new(),
             shutdown_by: None,
+            failure,
+            #[cfg(feature = "fault-injection")]
+            panic_after_steps: fault_injection_steps(),
         }
     }
 
-    /// Runs until shut down (or every handle is gone).
+    /// Runs until shut down (or every handle is gone). A panic is caught: the failure is
+    /// recorded and every request held is dropped (see the module docs).
     pub(crate) fn run(mut self) {
+        let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| self.serve()));
+        if let Err(payload) = outcome {
+            let what = panic_message(payload.as_ref());
+            tracing::error!(
+                error = %what,
+                "the engine thread panicked; failing every request and refusing new ones"
+            );
+            record_failure(&self.failure, format!("the engine thread panicked: {what}"));
+            self.abandon_all();
+        }
+    }
+
+    /// After a failure: drops every request held (their streams end without a final event)
+    /// and every submission still in the channel.
+    fn abandon_all(&mut self) {
+        let sched = &mut self.sched;
+        let mut waiting = sched.waiting.len();
+        for mut s in sched.running.drain(..).chain(sched.waiting.drain(..)) {
+            s.table.release(&mut sched.alloc);
+        }
+        while let Ok(msg) = self.rx.try_recv() {
+            if let Control::Submit(_) = msg {
+                waiting += 1;
+            }
+        }
+        let _ = self
+            .stats
+            .queued
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |q| {
+                Some(q.saturating_sub(waiting))
+            });
+        self.publish();
+    }
+
+    /// Test-only fault injection: panics once the configured number of steps has run.
+    #[cfg(feature = "fault-injection")]
+    fn inject_faults(&self) {
+        if let Some(n) = self.panic_after_steps
+            && self.stats.steps_total.load(Ordering::Relaxed) >= n
+        {
+            panic!("fault injection: VEIL_FAULT_PANIC_AFTER_STEPS={n} reached");
+        }
+    }
+
+    /// The engine loop.
+    fn serve(&mut self) {
         loop {
             if !self.take_messages() {
                 break;
@@ -73,6 +134,8 @@ impl Worker {
             if self.sched.is_idle() {
                 continue;
             }
+            #[cfg(feature = "fault-injection")]
+            self.inject_faults();
             self.step();
             self.publish();
         }
@@ -343,4 +406,26 @@ impl Worker {
             .kv_blocks_used
             .store(self.sched.blocks_used(), Ordering::Relaxed);
     }
+}
+
+/// The text of a panic's payload.
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "a panic without a message".to_owned()
+    }
+}
+
+/// `VEIL_FAULT_PANIC_AFTER_STEPS`, read only in builds with the `fault-injection` feature.
+#[cfg(feature = "fault-injection")]
+fn fault_injection_steps() -> Option<u64> {
+    let n = std::env::var("VEIL_FAULT_PANIC_AFTER_STEPS").ok()?.parse().ok()?;
+    tracing::warn!(
+        steps = n,
+        "fault injection: the engine thread will panic after {n} steps"
+    );
+    Some(n)
 }
