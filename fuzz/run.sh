@@ -29,6 +29,23 @@ else
     mapfile -t targets < <(cargo +nightly fuzz list)
 fi
 
+# Seed the corpora of the evidence parsers with the real samples under attest/testdata (a
+# fixed-size report is otherwise rarely reached from nothing). The corpora are not committed.
+seed() {
+    local target="$1"
+    shift
+    mkdir -p "corpus/$target"
+    for f in "$@"; do
+        [ -f "$f" ] && cp -n "$f" "corpus/$target/" 2>/dev/null || true
+    done
+}
+seed snp ../attest/testdata/sev-snp/*report.bin
+seed spdm ../attest/testdata/nvidia/*_report.bin
+seed tdx ../attest/testdata/tdx/*.dat
+seed tdx_collateral ../attest/testdata/tdx/*collateral.json
+seed x509 ../attest/testdata/*/*.pem ../attest/testdata/*/*.der
+seed policy_toml ../examples/*.toml
+
 # Build every target first (one build, and a build error is reported as such).
 if [ "$#" -eq 0 ]; then
     cargo +nightly fuzz build

@@ -19,7 +19,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_server(true)
         // prost's codec, except that a request that does not decode is INVALID_ARGUMENT naming
         // the field (src/codec.rs).
-        // .codec_path("crate::codec::VeilCodec")
+        .codec_path("crate::codec::VeilCodec")
         .compile_fds(fds)?;
     Ok(())
 }

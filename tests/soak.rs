@@ -33,7 +33,7 @@ use veil_proto::v1::{self, FinishReason, GenerateBatchRequest, GenerateRequest, 
 /// Concurrent clients.
 const CLIENTS: usize = 64;
 /// The longest one call may take before it counts as hung.
-const CALL_TIMEOUT: Duration = Duration::from_secs(120);
+const CALL_TIMEOUT: Duration = Duration::from_secs(300);
 
 const PROMPTS: [&str; 8] = [
     "Tell me about the moon.",
@@ -63,6 +63,8 @@ struct Tally {
     by_kind: [AtomicU64; 4],
     /// Unexpected failures, described.
     errors: std::sync::Mutex<Vec<String>>,
+    /// Wall time of each completed call, in milliseconds, by kind.
+    latencies_ms: [std::sync::Mutex<Vec<u64>>; 4],
 }
 
 impl Tally {
@@ -318,6 +320,7 @@ async fn client_loop(index: usize, channel: Channel, stop: Arc<AtomicBool>, tall
         let batch = |rng: &mut Rng| (0..2 + rng.below(3)).map(|_| request(rng)).collect::<Vec<_>>();
         tally.sent.fetch_add(1, Ordering::Relaxed);
         tally.by_kind[kind].fetch_add(1, Ordering::Relaxed);
+        let call_started = Instant::now();
         let outcome = match kind {
             0 => {
                 let (r, m) = request(&mut rng);
@@ -335,6 +338,8 @@ async fn client_loop(index: usize, channel: Channel, stop: Arc<AtomicBool>, tall
                 tally.completed.fetch_add(1, Ordering::Relaxed);
                 tally.sequences.fetch_add(seqs, Ordering::Relaxed);
                 tally.tokens.fetch_add(tokens, Ordering::Relaxed);
+                let ms = call_started.elapsed().as_millis() as u64;
+                tally.latencies_ms[kind].lock().unwrap().push(ms);
                 backoff = Duration::from_millis(25);
             }
             Outcome::Refused => {
@@ -355,6 +360,14 @@ fn soak_secs() -> u64 {
         .and_then(|s| s.parse().ok())
         .filter(|&s| s > 0)
         .unwrap_or(45)
+}
+
+/// The `p` quantile of sorted milliseconds, in seconds.
+fn pct(sorted: &[u64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize] as f64 / 1e3
 }
 
 fn mean(v: &[u64]) -> f64 {
@@ -488,13 +501,23 @@ async fn soak() {
     let first = mean(&rss[..third]);
     let last = mean(&rss[rss.len() - third..]);
     let max = *rss.iter().max().unwrap();
+    let mut all = Vec::new();
+    let mut by_kind = Vec::new();
+    for l in &tally.latencies_ms {
+        let mut l = l.lock().unwrap().clone();
+        all.extend_from_slice(&l);
+        l.sort_unstable();
+        by_kind.push(format!("{:.1}/{:.1}", pct(&l, 0.5), pct(&l, 1.0)));
+    }
+    all.sort_unstable();
     println!(
         "soak report: {CLIENTS} concurrent clients for {elapsed:.1} s against a KV cache of {blocks} \
          blocks; calls sent {sent} = completed {completed} + refused (RESOURCE_EXHAUSTED) {refused}; \
          unexpected errors 0; {:.1} calls/s, {sequences} sequences ({:.1}/s), {tokens} tokens \
          received ({:.1}/s; server generated {generated}); calls by kind [plain Generate, plain \
          batch, sealed Generate, sealed batch] = {:?}; preemptions {preemptions}; VmRSS start {} \
-         MiB, mean first third {:.1} MiB, mean last third {:.1} MiB, max {} MiB ({} samples)",
+         MiB, mean first third {:.1} MiB, mean last third {:.1} MiB, max {} MiB ({} samples); \
+         completed-call latency p50 {:.1} s, p99 {:.1} s, max {:.1} s (p50/max by kind, s: {:?})",
         completed as f64 / elapsed,
         sequences as f64 / elapsed,
         tokens as f64 / elapsed,
@@ -504,6 +527,10 @@ async fn soak() {
         last / 1024.0,
         max / 1024,
         rss.len(),
+        pct(&all, 0.5),
+        pct(&all, 0.99),
+        pct(&all, 1.0),
+        by_kind,
     );
     assert!(
         last <= first * 1.10 + 32.0 * 1024.0,

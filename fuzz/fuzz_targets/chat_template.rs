@@ -16,10 +16,15 @@ fuzz_target!(|data: &[u8]| {
         .take(64)
         .map(|p| ChatMessage::new(p[0].as_str(), p.get(1).map_or("", String::as_str)))
         .collect();
-    let Ok(text) = tok.apply_chat_template(&messages) else { return };
+    let Ok(text) = tok.apply_chat_template(&messages) else {
+        return;
+    };
     // Every message's content is in the rendering, and the assistant's turn is opened.
     for m in &messages {
-        assert!(text.contains(m.content.as_str()), "a message's content went missing");
+        assert!(
+            text.contains(m.content.as_str()),
+            "a message's content went missing"
+        );
     }
     assert!(text.ends_with("<|im_start|>assistant\n"), "no generation prompt");
     let _ = tok.encode(&text);

@@ -43,7 +43,14 @@ fn convert_one(input: Option<&v1::generate_request::Input>, params: &v1::Generat
         let path = convert::field_path(e.field, conv.kind, site);
         assert!(path.ends_with(e.field), "{path} does not name {}", e.field);
     }
-    for field in ["prompt", "messages", "messages.role", "token_ids", "max_tokens", "stop"] {
+    for field in [
+        "prompt",
+        "messages",
+        "messages.role",
+        "token_ids",
+        "max_tokens",
+        "stop",
+    ] {
         let path = convert::field_path(field, conv.kind, site);
         assert!(!path.is_empty());
     }

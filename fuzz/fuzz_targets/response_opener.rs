@@ -55,8 +55,10 @@ fn fixture() -> &'static Fixture {
         let gpu = SimulatedGpu::new(1).expect("simulated GPU");
         let cpu = SimulatedCpu::new().expect("simulated CPU");
         let nonce = [3; 32];
-        let bundle = build_bundle(&nonce, &claims, &mut |n| gpu.evidence(n), &mut |rd| cpu.evidence(rd))
-            .expect("bundle");
+        let bundle = build_bundle(&nonce, &claims, &mut |n| gpu.evidence(n), &mut |rd| {
+            cpu.evidence(rd)
+        })
+        .expect("bundle");
         let policy = Policy {
             allow_simulated: true,
             ..Policy::default()
@@ -73,7 +75,9 @@ fn fixture() -> &'static Fixture {
 
 fuzz_target!(|data: &[u8]| {
     let f = fixture();
-    let Some((&flags, mut rest)) = data.split_first() else { return };
+    let Some((&flags, mut rest)) = data.split_first() else {
+        return;
+    };
     let (wire, mut opener) = f
         .attested
         .seal(SealedRpc::Generate, b"request", NOW as i64)
@@ -84,8 +88,15 @@ fuzz_target!(|data: &[u8]| {
         ciphertext: wire.ciphertext,
     };
     let info = SealedRpc::Generate.info(&f.attested.bundle_digest());
-    let (request, mut server) =
-        open_request(&f.session, &parts, &info, NOW as i64, &mut ReplayCache::new(4), 60).expect("open");
+    let (request, mut server) = open_request(
+        &f.session,
+        &parts,
+        &info,
+        NOW as i64,
+        &mut ReplayCache::new(4),
+        60,
+    )
+    .expect("open");
     assert_eq!(request.as_slice(), b"request");
 
     // Data chunks, one tampered when flags bit 2 is set (at the position the flags pick).
@@ -147,6 +158,9 @@ fuzz_target!(|data: &[u8]| {
         let _ = check_receipt(&receipt, &foreign);
         let mut forged = receipt;
         forged.claims.response_digest[0] ^= 1;
-        assert!(check_receipt(&forged, &f.bundle).is_err(), "a forged receipt checks");
+        assert!(
+            check_receipt(&forged, &f.bundle).is_err(),
+            "a forged receipt checks"
+        );
     }
 });

@@ -13,7 +13,10 @@ fuzz_target!(|data: &[u8]| {
     let text = String::from_utf8_lossy(data);
     let Ok(ids) = tok.encode(&text) else { return };
     let vocab = tok.vocab_size();
-    assert!(ids.iter().all(|&id| (id as usize) < vocab), "an id outside the vocabulary");
+    assert!(
+        ids.iter().all(|&id| (id as usize) < vocab),
+        "an id outside the vocabulary"
+    );
     let _ = tok.decode(&ids);
     let mut detok = IncrementalDetokenizer::new();
     for &id in ids.iter().take(256) {

@@ -522,6 +522,11 @@ async fn run_batch(
     while sent < total {
         // Submit what the queue takes.
         while let Some((index, item)) = pending.peek().filter(|_| running.len() < window) {
+            // A full queue refuses the item after validating and tokenizing it: skip that work
+            // until there is room.
+            if !handle.queue_has_room() {
+                break;
+            }
             let kind = item.conv.kind;
             match submit(handle.clone(), item.conv.request.clone()).await {
                 Ok(stream) => {
@@ -547,6 +552,8 @@ async fn run_batch(
                 }
             }
         }
+        // Items are left that the queue refused (the window is not full).
+        let queue_was_full = pending.peek().is_some() && running.len() < window;
         tokio::select! {
             biased;
             () = tx.closed() => {
@@ -582,8 +589,10 @@ async fn run_batch(
                 }
                 sent += 1;
             }
-            // The queue is full of other callers' requests: try again shortly.
-            () = tokio::time::sleep(QUEUE_RETRY), if running.is_empty() => {}
+            // The queue is full of other callers' requests: try again shortly, also while other
+            // items run (waiting for one of them to finish would run the batch almost serially
+            // whenever the queue is contended).
+            () = tokio::time::sleep(QUEUE_RETRY), if queue_was_full => {}
         }
     }
 }

@@ -414,6 +414,12 @@ impl RuntimeHandle {
         })
     }
 
+    /// Whether the waiting queue has room now (a hint: [`submit`](Self::submit) decides). Lets
+    /// a caller that retries skip validating and tokenizing a request the queue would refuse.
+    pub fn queue_has_room(&self) -> bool {
+        self.inner.stats.queued.load(Ordering::Acquire) < self.inner.cfg.max_queue
+    }
+
     /// What is served.
     pub fn model_info(&self) -> &ModelInfo {
         &self.inner.info

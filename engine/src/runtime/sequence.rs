@@ -42,15 +42,20 @@ impl Sequence {
         cancel: Arc<AtomicBool>,
     ) -> Self {
         let Prepared {
-            prompt,
+            mut prompt,
             max_total,
             stop_token_ids,
         } = prepared;
+        // Room for the whole generation up front: the buffer never moves (a reallocation would
+        // leave a copy of the prompt in freed memory), and is wiped when the sequence ends.
+        let mut tokens = Vec::with_capacity(max_total.max(prompt.len()));
+        tokens.extend_from_slice(&prompt);
+        zeroize::Zeroize::zeroize(&mut prompt);
         Self {
             id,
-            prompt_len: prompt.len(),
-            sampler: Sampler::new(req.sampling.clone(), &prompt),
-            tokens: prompt,
+            prompt_len: tokens.len(),
+            sampler: Sampler::new(req.sampling.clone(), &tokens),
+            tokens,
             computed: 0,
             table: BlockTable::new(),
             max_total,
