@@ -1,6 +1,7 @@
 //! The continuous-batching runtime on the real model: concurrent greedy requests equal solo
 //! runs (f32), chunked prefill and preemption do not change results, cancellation frees KV
-//! blocks at once, deadlines, admission control and field validation.
+//! blocks at once, deadlines, admission control (and submissions beyond the queue limit) and
+//! field validation.
 
 mod common;
 
@@ -285,4 +286,40 @@ fn admission_control_and_validation() {
     let mut r = base();
     r.stop.stop_strings = vec![String::new()];
     assert_eq!(field(r), "stop");
+}
+
+/// Waits until `ok(stats)` holds, for up to 10 s.
+fn wait_stats(rt: &RuntimeHandle, ok: impl Fn(&veil_engine::runtime::RuntimeStats) -> bool) {
+    let t = Instant::now();
+    while !ok(&rt.stats()) {
+        assert!(t.elapsed() < Duration::from_secs(10), "stuck at {:?}", rt.stats());
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn submissions_beyond_the_queue_limit() {
+    let rt = start(RuntimeConfig {
+        max_queue: 1,
+        max_seqs: 1,
+        ..Default::default()
+    });
+    let story = || greedy_request(long_story(), 500);
+    let running = rt.submit(story()).expect("runs");
+    wait_stats(&rt, |s| s.running == 1 && s.queued == 0);
+    let waiting = rt.submit(story()).expect("waits");
+    assert!(matches!(rt.submit(story()), Err(SubmitError::QueueFull(_))));
+    assert!(!rt.queue_has_room());
+    // Beyond the limit: queued anyway, and not counted against the limit for others.
+    let beyond = rt.submit_beyond_limit(story()).expect("queued beyond the limit");
+    assert_eq!(rt.stats().queued, 2);
+    assert!(matches!(rt.submit(story()), Err(SubmitError::QueueFull(_))));
+    drop(waiting);
+    wait_stats(&rt, |s| s.queued == 1);
+    assert!(rt.queue_has_room());
+    let again = rt.submit(story()).expect("room again");
+    // Every stream still ends; the counters return to zero.
+    drop((running, beyond, again));
+    wait_stats(&rt, |s| s.queued == 0 && s.running == 0 && s.kv_blocks_used == 0);
+    assert!(rt.queue_has_room());
 }

@@ -10,8 +10,9 @@
 //! the clients' (sequences finished, requests refused); once the load stops, no KV block is in
 //! use and nothing runs or waits; resident memory (VmRSS, sampled every 500 ms after a warm-up)
 //! does not grow: the mean of the last third is within 10% + 32 MiB of the first third's; the
-//! server still drains and exits 0 on SIGTERM. The numbers are printed (run with
-//! `--nocapture`) for docs/reliability.md.
+//! server still drains and exits 0 on SIGTERM; no call takes over 2 minutes (a batch used to
+//! starve behind single calls under this load). The numbers, with call latencies by kind, are
+//! printed (run with `--nocapture`) for docs/reliability.md.
 
 #![allow(clippy::unwrap_used)]
 
@@ -33,7 +34,7 @@ use veil_proto::v1::{self, FinishReason, GenerateBatchRequest, GenerateRequest, 
 /// Concurrent clients.
 const CLIENTS: usize = 64;
 /// The longest one call may take before it counts as hung.
-const CALL_TIMEOUT: Duration = Duration::from_secs(300);
+const CALL_TIMEOUT: Duration = Duration::from_secs(120);
 
 const PROMPTS: [&str; 8] = [
     "Tell me about the moon.",

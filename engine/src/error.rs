@@ -56,14 +56,15 @@ pub enum Error {
     /// or imported, or pinned by the operator): a file was modified or corrupted on disk.
     #[error(
         "model digest mismatch in {dir}: its files hash to {actual}, but {expected_from} is \
-         {expected}; a model file was modified or corrupted on disk (pull or import the model \
-         again)"
+         {expected}; {hint}"
     )]
     DigestMismatch {
         /// The model directory.
         dir: PathBuf,
         /// Where the expected digest comes from.
         expected_from: &'static str,
+        /// What to do about it.
+        hint: &'static str,
         /// The expected digest (hex).
         expected: String,
         /// The digest of the files on disk (hex).

@@ -110,16 +110,25 @@ pub fn verify_digest(dir: &Path, pinned: Option<ModelDigest>) -> Result<ModelDig
     let recorded = ModelMetadata::recorded_digest(dir)?;
     let actual = model_digest(dir)?;
     let expected = [
-        (recorded, "the digest recorded in veil-model.json"),
-        (pinned, "the pinned digest"),
+        (
+            recorded,
+            "the digest recorded in veil-model.json",
+            "a model file was modified or corrupted on disk (pull or import the model again)",
+        ),
+        (
+            pinned,
+            "the pinned digest",
+            "this is not the model the operator pinned (check --model and --model-digest)",
+        ),
     ];
-    for (want, from) in expected {
+    for (want, from, hint) in expected {
         if let Some(want) = want
             && want != actual
         {
             return Err(Error::DigestMismatch {
                 dir: dir.to_owned(),
                 expected_from: from,
+                hint,
                 expected: want.to_string(),
                 actual: actual.to_string(),
             });

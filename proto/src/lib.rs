@@ -4,7 +4,9 @@
 //! compiles it (with the pure-Rust `protox`, no `protoc`) into Rust messages, a tonic client
 //! ([`v1::inference_client::InferenceClient`]) and server
 //! ([`v1::inference_server::InferenceServer`]), and exposes the encoded file descriptor set
-//! ([`FILE_DESCRIPTOR_SET`]) for gRPC server reflection.
+//! ([`FILE_DESCRIPTOR_SET`]) for gRPC server reflection. Client and server use
+//! [`codec::VeilCodec`], prost's codec except that a request message that does not decode is
+//! INVALID_ARGUMENT naming the field, as the API's conventions ask.
 
 /// Package `veil.v1`: messages, client and server generated from `veil/v1/inference.proto`.
 #[allow(

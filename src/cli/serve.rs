@@ -45,7 +45,9 @@ pub(crate) struct ServeArgs {
     /// fraction becomes KV-cache blocks.
     #[arg(long, default_value_t = 0.9, value_name = "FRACTION")]
     gpu_memory_utilization: f64,
-    /// Requests that may wait for admission; more get RESOURCE_EXHAUSTED [default: 256].
+    /// Requests that may wait for admission; more get RESOURCE_EXHAUSTED [default: 256]. (A
+    /// GenerateBatch call with no item in the engine queues its next item beyond this limit, so
+    /// that batches cannot starve behind new calls.)
     #[arg(long)]
     max_queue: Option<usize>,
     /// Largest request message in bytes (larger ones get OUT_OF_RANGE).

@@ -247,7 +247,24 @@ fn decode_opened<Req: Message + Default>(opened: &OpenedRequest, metrics: &Metri
 
 /// Submits on a blocking thread (validation tokenizes the input, which may take a while).
 async fn submit(handle: RuntimeHandle, req: runtime::Request) -> Result<RequestStream, SubmitError> {
-    match tokio::task::spawn_blocking(move || handle.submit(req)).await {
+    submit_to(handle, req, false).await
+}
+
+/// As [`submit`]; with `beyond_limit`, queued even when the queue is full (one batch item at a
+/// time, see [`run_batch`]).
+async fn submit_to(
+    handle: RuntimeHandle,
+    req: runtime::Request,
+    beyond_limit: bool,
+) -> Result<RequestStream, SubmitError> {
+    let call = move || {
+        if beyond_limit {
+            handle.submit_beyond_limit(req)
+        } else {
+            handle.submit(req)
+        }
+    };
+    match tokio::task::spawn_blocking(call).await {
         Ok(r) => r,
         // The blocking pool only fails to run the closure while the runtime shuts down.
         Err(_) => Err(SubmitError::ShuttingDown),
@@ -499,8 +516,10 @@ impl Drop for BatchItem {
     }
 }
 
-/// Runs a batch: submits the items in order as the queue admits them, collects each item's
-/// events in its own task and sends every item's result as soon as it finishes.
+/// Runs a batch: submits the items in order as the queue admits them (and one item whenever none
+/// is in the engine, even beyond the queue limit, so that a batch cannot starve behind new
+/// calls), collects each item's events in its own task and sends every item's result as soon as
+/// it finishes.
 async fn run_batch(
     id: u64,
     items: Vec<BatchItem>,
@@ -522,13 +541,17 @@ async fn run_batch(
     while sent < total {
         // Submit what the queue takes.
         while let Some((index, item)) = pending.peek().filter(|_| running.len() < window) {
+            // A batch with nothing in the engine always gets its next item queued, even beyond
+            // the queue limit: otherwise its polling loses every freed slot to new calls and it
+            // starves under sustained load. Each batch keeps at most one item beyond the limit.
+            let beyond_limit = running.is_empty();
             // A full queue refuses the item after validating and tokenizing it: skip that work
             // until there is room.
-            if !handle.queue_has_room() {
+            if !beyond_limit && !handle.queue_has_room() {
                 break;
             }
             let kind = item.conv.kind;
-            match submit(handle.clone(), item.conv.request.clone()).await {
+            match submit_to(handle.clone(), item.conv.request.clone(), beyond_limit).await {
                 Ok(stream) => {
                     let index = *index;
                     running.spawn(collect_item(index, kind, stream));

@@ -226,6 +226,9 @@ pub struct RuntimeStats {
 #[derive(Debug, Default)]
 struct SharedStats {
     queued: AtomicUsize,
+    /// Of `queued`: requests queued beyond the limit (`submit_beyond_limit`) not yet admitted.
+    /// They do not count against the limit for others.
+    queued_beyond: AtomicUsize,
     running: AtomicUsize,
     kv_blocks_used: AtomicUsize,
     prompt_tokens_total: AtomicU64,
@@ -364,13 +367,25 @@ impl RuntimeHandle {
     /// Validates and tokenizes a request and queues it. The request's content is wiped from
     /// memory afterwards (the engine keeps its own copy while it runs).
     pub fn submit(&self, mut req: Request) -> std::result::Result<RequestStream, SubmitError> {
-        let submitted = self.submit_ref(&req);
+        let submitted = self.submit_ref(&req, true);
         use zeroize::Zeroize;
         req.stop.stop_strings.iter_mut().for_each(Zeroize::zeroize);
         submitted
     }
 
-    fn submit_ref(&self, req: &Request) -> std::result::Result<RequestStream, SubmitError> {
+    /// As [`submit`](Self::submit), but queued even when the waiting queue is full: for a caller
+    /// that holds accepted work and has nothing else in the engine, so that it cannot starve
+    /// behind new arrivals (`GenerateBatch` keeps one item going this way). Such a caller must
+    /// keep at most one request waiting beyond the limit. Requests queued this way do not count
+    /// against the limit for others.
+    pub fn submit_beyond_limit(&self, mut req: Request) -> std::result::Result<RequestStream, SubmitError> {
+        let submitted = self.submit_ref(&req, false);
+        use zeroize::Zeroize;
+        req.stop.stop_strings.iter_mut().for_each(Zeroize::zeroize);
+        submitted
+    }
+
+    fn submit_ref(&self, req: &Request, limit: bool) -> std::result::Result<RequestStream, SubmitError> {
         let inner = &self.inner;
         if inner.failure.borrow().is_some() {
             return Err(SubmitError::EngineFailed);
@@ -381,7 +396,9 @@ impl RuntimeHandle {
         let prepared = validate::prepare(req, &inner.tokenizer, &inner.info)?;
         // Reserve a queue slot; refuse beyond the bound.
         let queued = inner.stats.queued.fetch_add(1, Ordering::AcqRel);
-        if queued >= inner.cfg.max_queue {
+        let beyond = inner.stats.queued_beyond.load(Ordering::Acquire);
+        let queued = queued.saturating_sub(beyond);
+        if limit && queued >= inner.cfg.max_queue {
             inner.stats.queued.fetch_sub(1, Ordering::AcqRel);
             return Err(SubmitError::QueueFull(format!(
                 "{queued} requests are waiting (limit {}); retry later",
@@ -391,7 +408,11 @@ impl RuntimeHandle {
         let (events_tx, events_rx) = tokio::sync::mpsc::unbounded_channel();
         let cancel = Arc::new(AtomicBool::new(false));
         let id = inner.next_id.fetch_add(1, Ordering::Relaxed);
-        let seq = sequence::Sequence::new(id, prepared, req, events_tx, cancel.clone());
+        let mut seq = sequence::Sequence::new(id, prepared, req, events_tx, cancel.clone());
+        if !limit {
+            seq.beyond_limit = true;
+            inner.stats.queued_beyond.fetch_add(1, Ordering::AcqRel);
+        }
         let sent = inner
             .tx
             .lock()
@@ -402,6 +423,9 @@ impl RuntimeHandle {
             });
         if let Err(e) = sent {
             inner.stats.queued.fetch_sub(1, Ordering::AcqRel);
+            if !limit {
+                inner.stats.queued_beyond.fetch_sub(1, Ordering::AcqRel);
+            }
             // The engine thread is gone: because it failed, or because the runtime shut down.
             if inner.failure.borrow().is_some() {
                 return Err(SubmitError::EngineFailed);
@@ -417,7 +441,9 @@ impl RuntimeHandle {
     /// Whether the waiting queue has room now (a hint: [`submit`](Self::submit) decides). Lets
     /// a caller that retries skip validating and tokenizing a request the queue would refuse.
     pub fn queue_has_room(&self) -> bool {
-        self.inner.stats.queued.load(Ordering::Acquire) < self.inner.cfg.max_queue
+        let s = &self.inner.stats;
+        let beyond = s.queued_beyond.load(Ordering::Acquire);
+        s.queued.load(Ordering::Acquire).saturating_sub(beyond) < self.inner.cfg.max_queue
     }
 
     /// What is served.

@@ -31,6 +31,8 @@ pub(crate) struct Scheduler {
     /// In admission order: the last one is the youngest.
     pub(crate) running: Vec<Sequence>,
     pub(crate) preemptions: u64,
+    /// Sequences queued beyond the limit that were admitted so far.
+    pub(crate) admitted_beyond: u64,
 }
 
 impl Scheduler {
@@ -41,6 +43,7 @@ impl Scheduler {
             waiting: VecDeque::new(),
             running: Vec::new(),
             preemptions: 0,
+            admitted_beyond: 0,
         }
     }
 
@@ -90,9 +93,13 @@ impl Scheduler {
             if seq.table.reserve(&mut self.alloc, seq.computed + n).is_err() {
                 break;
             }
-            let Some(seq) = self.waiting.pop_front() else {
+            let Some(mut seq) = self.waiting.pop_front() else {
                 break;
             };
+            if seq.beyond_limit {
+                seq.beyond_limit = false;
+                self.admitted_beyond += 1;
+            }
             self.running.push(seq);
             plan.push(Planned {
                 index: self.running.len() - 1,

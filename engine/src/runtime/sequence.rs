@@ -29,6 +29,8 @@ pub(crate) struct Sequence {
     pub(crate) arrival: Instant,
     pub(crate) first_token_at: Option<Instant>,
     pub(crate) last_token_at: Option<Instant>,
+    /// Queued beyond the queue limit and not admitted yet (see `submit_beyond_limit`).
+    pub(crate) beyond_limit: bool,
     events: tokio::sync::mpsc::UnboundedSender<Event>,
     cancel: Arc<AtomicBool>,
 }
@@ -69,6 +71,7 @@ impl Sequence {
             arrival: Instant::now(),
             first_token_at: None,
             last_token_at: None,
+            beyond_limit: false,
             events,
             cancel,
         }

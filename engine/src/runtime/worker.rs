@@ -87,21 +87,26 @@ impl Worker {
     /// and every submission still in the channel.
     fn abandon_all(&mut self) {
         let sched = &mut self.sched;
-        let mut waiting = sched.waiting.len();
-        for mut s in sched.running.drain(..).chain(sched.waiting.drain(..)) {
+        let (mut waiting, mut beyond) = (0, 0);
+        for mut s in sched.running.drain(..) {
             s.table.release(&mut sched.alloc);
         }
+        for mut s in sched.waiting.drain(..) {
+            s.table.release(&mut sched.alloc);
+            waiting += 1;
+            beyond += usize::from(s.beyond_limit);
+        }
         while let Ok(msg) = self.rx.try_recv() {
-            if let Control::Submit(_) = msg {
+            if let Control::Submit(s) = msg {
                 waiting += 1;
+                beyond += usize::from(s.beyond_limit);
             }
         }
-        let _ = self
-            .stats
-            .queued
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |q| {
-                Some(q.saturating_sub(waiting))
-            });
+        let sub = |counter: &std::sync::atomic::AtomicUsize, n: usize| {
+            let _ = counter.fetch_update(Ordering::AcqRel, Ordering::Acquire, |q| Some(q.saturating_sub(n)));
+        };
+        sub(&self.stats.queued, waiting);
+        sub(&self.stats.queued_beyond, beyond);
         self.publish();
     }
 
@@ -203,11 +208,12 @@ impl Worker {
             }
         }
         let mut kept = std::collections::VecDeque::with_capacity(sched.waiting.len());
-        let mut removed = 0;
+        let (mut removed, mut beyond) = (0, 0);
         for mut s in sched.waiting.drain(..) {
             match verdict(&s) {
                 Some(reason) => {
                     s.table.release(&mut sched.alloc);
+                    beyond += usize::from(s.beyond_limit);
                     ended.push((s, reason));
                     removed += 1;
                 }
@@ -219,6 +225,7 @@ impl Worker {
             return;
         }
         self.stats.queued.fetch_sub(removed, Ordering::AcqRel);
+        self.stats.queued_beyond.fetch_sub(beyond, Ordering::AcqRel);
         self.publish();
         for (s, reason) in ended {
             s.finish(reason, None);
@@ -232,18 +239,26 @@ impl Worker {
             s.finish(FinishReason::Cancelled, None);
         }
         let n = sched.waiting.len();
+        let mut beyond = 0;
         for mut s in sched.waiting.drain(..) {
             s.table.release(&mut sched.alloc);
+            beyond += usize::from(s.beyond_limit);
             s.finish(FinishReason::Cancelled, None);
         }
         self.stats.queued.fetch_sub(n, Ordering::AcqRel);
+        self.stats.queued_beyond.fetch_sub(beyond, Ordering::AcqRel);
     }
 
     /// One scheduler step: plan, forward, sample, stream, retire.
     fn step(&mut self) {
         let waiting_before = self.sched.waiting.len();
         let preempted_before = self.sched.preemptions;
+        let beyond_before = self.sched.admitted_beyond;
         let plan = self.sched.schedule();
+        let beyond_admitted = (self.sched.admitted_beyond - beyond_before) as usize;
+        self.stats
+            .queued_beyond
+            .fetch_sub(beyond_admitted, Ordering::AcqRel);
         // Admitted sequences leave the queue; preempted ones re-enter it.
         let admitted = (waiting_before + (self.sched.preemptions - preempted_before) as usize)
             .saturating_sub(self.sched.waiting.len());
