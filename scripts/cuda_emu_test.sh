@@ -3,7 +3,7 @@
 # them with plain reference implementations: a logic check for machines without a GPU (it says
 # nothing about speed or the real compiler). Needs a C++20 compiler; about a minute on 2 cores.
 #   scripts/cuda_emu_test.sh            # every test
-#   scripts/cuda_emu_test.sh sample     # one group: bf16 embed norm silu rope decode prefill sample
+#   scripts/cuda_emu_test.sh sample     # one group: bf16 embed norm silu rope decode prefill sample gcm
 #   VEIL_EMU_TSAN=1 scripts/cuda_emu_test.sh prefill   # under ThreadSanitizer: reports shared-memory
 #                                       # races between threads not ordered by a barrier (slow:
 #                                       # ~10 minutes for `sample`)

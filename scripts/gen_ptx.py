@@ -46,6 +46,9 @@ KERNELS = [
     "veil_attention_prefill",
     "veil_silu_mul",
     "veil_sample",
+    "veil_gcm_verify",
+    "veil_gcm_decrypt",
+    "veil_gcm_seal",
 ]
 
 STALE = "stale: run python3 scripts/gen_ptx.py"

@@ -62,7 +62,11 @@ run_tests() { # name executable filter
     fi
     cat "$out" >>"$LOG"
 }
-run_tests "CUDA kernels vs host references" "$(newest veil_engine)" "backend::cuda"
+# The filter is word-split on purpose: libtest takes "--skip NAME" as two arguments.
+run_tests "CUDA kernels vs host references" "$(newest veil_engine)" "backend::cuda --skip backend::cuda::gcm"
+# The sealed CC channel's device end (kernels/cuda/aes_gcm.cuh) against RustCrypto aes-gcm,
+# tampering, and its throughput on 1 GiB (printed, not asserted).
+run_tests "sealed-channel AES-GCM kernels" "$(newest veil_engine)" "backend::cuda::gcm"
 run_tests "CUDA backend vs CPU backend" "$(newest backend_cuda)" ""
 
 say "benchmark: veil generate on cuda:0"
@@ -85,15 +89,26 @@ if [ -n "${VEIL_TEST_MODEL_DIR:-}" ]; then
         >"$WORK/bench.txt" 2>>"$LOG"
     cat "$WORK/bench.txt" >>"$LOG"
     kill -TERM "$SERVER" 2>/dev/null; wait "$SERVER" 2>/dev/null
+    say "benchmark: veil bench --compare-cc off,sealed"
+    # The goal is measured at 32+ streams with Llama-3-8B shapes: synthesize them with
+    # `veil model synth --shape llama-3-8b` and point VEIL_TEST_MODEL_DIR there for that number.
+    timeout 420 "$VEIL" bench --compare-cc off,sealed --rounds 1 --sweep 1,32 --prompt-tokens 128 \
+        --output-tokens 64 --requests-per-client 1 --temperature 0 --json "$OUT_DIR/compare-cc.json" \
+        --svg "$OUT_DIR/compare-cc.svg" --serve-arg=--device --serve-arg=cuda:0 \
+        --serve-arg=--model "--serve-arg=$VEIL_TEST_MODEL_DIR" >"$WORK/cc.txt" 2>>"$LOG"
+    cat "$WORK/cc.txt" >>"$LOG"
 fi
 
 echo
 echo "================ veil GPU check ================"
 for s in "${STATUS[@]}"; do echo "$s"; done
+grep -o -m1 "gcm throughput.*" "$LOG" 2>/dev/null
 echo "---- veil generate (128-token prompt, 128 new tokens) ----"
 for r in "${BENCH_ROWS[@]}"; do echo "$r"; done
 echo "---- veil bench (closed loop, 128+128) ----"
 cat "$WORK/bench.txt" 2>/dev/null || echo "(not run)"
+echo "---- veil bench --compare-cc off,sealed ----"
+cat "$WORK/cc.txt" 2>/dev/null || echo "(not run)"
 echo "full log: $LOG"
 printf '%s\n' "${STATUS[@]}" | grep -q "FAILED" && exit 1
 exit 0

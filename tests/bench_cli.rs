@@ -163,6 +163,52 @@ fn bench_and_chat_against_a_live_server() {
         assert!(rec["finish"] == "length" || rec["finish"] == "stop", "{rec}");
     }
 
+    // The same run again, then `veil bench compare` of the two saved reports.
+    let json_b = dir.path().join("bench-b.json");
+    let mut again: Vec<&str> = vec!["--requests", "6", "--concurrency", "3", "--prompt-tokens", "16"];
+    again.extend([
+        "--output-tokens",
+        "8",
+        "--json",
+        json_b.to_str().expect("utf-8 path"),
+    ]);
+    bench(&server, &again);
+    let (svg, md) = (dir.path().join("c.svg"), dir.path().join("c.md"));
+    let out = veil()
+        .args(["bench", "compare", json_arg, json_b.to_str().expect("utf-8")])
+        .args(["--labels", "first,second", "--svg", svg.to_str().expect("utf-8")])
+        .args(["--markdown", md.to_str().expect("utf-8")])
+        .output()
+        .expect("run veil bench compare");
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{table}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        table.starts_with("| level | metric | first | second | second vs first |"),
+        "{table}"
+    );
+    let tps = table
+        .lines()
+        .find(|l| l.starts_with("| 3 clients | output tok/s |"))
+        .unwrap_or_else(|| panic!("no throughput row:\n{table}"));
+    assert!(tps.ends_with('%') || tps.ends_with("% |"), "{tps}");
+    assert_eq!(std::fs::read_to_string(&md).expect("markdown"), table);
+    let chart = std::fs::read_to_string(&svg).expect("svg");
+    assert!(
+        chart.starts_with("<svg") && chart.contains("3 clients"),
+        "{chart}"
+    );
+    // A file that is not a report is refused with its name.
+    let out = veil()
+        .args(["bench", "compare", json_arg, md.to_str().expect("utf-8")])
+        .output()
+        .expect("run veil bench compare");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is not JSON"));
+
     // Open loop and a small sweep.
     let (stdout, _) = bench(
         &server,
@@ -385,5 +431,78 @@ fn chat_and_bench_report_an_unreachable_server() {
         let out = veil().arg("bench").args(args).output().expect("run");
         assert!(!out.status.success(), "{args:?}");
         assert!(String::from_utf8_lossy(&out.stderr).contains("--"), "{args:?}");
+    }
+}
+
+/// `veil bench --compare-cc off,sealed` on the CPU backend (where `sealed` runs the channel in
+/// loopback): it starts a server per mode, checks each reports its mode, and prints the
+/// comparison table with the model load rows; the JSON holds both modes.
+#[test]
+fn compare_cc_starts_a_server_per_mode() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let json = dir.path().join("cc.json");
+    let model = common::model_dir();
+    let out = veil()
+        .args([
+            "bench",
+            "--compare-cc",
+            "off,sealed",
+            "--rounds",
+            "1",
+            "--concurrency",
+            "1",
+        ])
+        .args([
+            "--requests",
+            "2",
+            "--prompt-tokens",
+            "8",
+            "--output-tokens",
+            "4",
+            "--json",
+        ])
+        .arg(&json)
+        .args(["--serve-arg=--model", &format!("--serve-arg={}", model.display())])
+        .args([
+            "--serve-arg=--threads",
+            "--serve-arg=2",
+            "--serve-arg=--dtype",
+            "--serve-arg=f32",
+        ])
+        .args(["--serve-arg=--kv-cache-mb", "--serve-arg=64"])
+        .output()
+        .expect("run veil bench --compare-cc");
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stderr}\n{stdout}");
+    assert!(
+        stdout.starts_with("| level | metric | cc off | cc sealed | cc sealed vs cc off |"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("| model load | seconds |"), "{stdout}");
+    assert!(stdout.contains("| 1 client | output tok/s |"), "{stdout}");
+    assert!(stderr.contains("--cc sealed: smollm2"), "{stderr}");
+    let doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).expect("read JSON")).expect("JSON");
+    let cc = &doc["cc_comparison"];
+    assert_eq!(cc["modes"], serde_json::json!(["off", "sealed"]));
+    let level = &cc["levels"][0];
+    assert_eq!(level["concurrency"], 1);
+    for r in level["results"].as_array().expect("results") {
+        assert_eq!(r["ok"], 2, "{r}");
+    }
+    for m in cc["model_load"].as_array().expect("model_load") {
+        assert!(m["seconds"]["mean"].as_f64().is_some_and(|s| s > 0.0), "{m}");
+    }
+    // Fewer than two modes, or a repeated one, is a usage error.
+    for modes in ["off", "off,off"] {
+        let out = veil()
+            .args(["bench", "--compare-cc", modes])
+            .output()
+            .expect("run");
+        assert!(!out.status.success());
+        assert!(String::from_utf8_lossy(&out.stderr).contains("two or more different modes"));
     }
 }

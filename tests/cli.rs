@@ -172,3 +172,69 @@ fn unknown_model_is_a_clear_error() {
         "{stderr}"
     );
 }
+
+/// `--cc sealed` on the CPU backend passes every weight tensor through the sealed channel in
+/// loopback (small chunks, a key rotation every 3 messages): the model is bit-for-bit the same,
+/// so greedy decoding gives the reference tokens. `--cc hardware` needs a GPU in CC mode and is
+/// refused on the CPU with the reason.
+#[test]
+fn sealed_loopback_loads_the_same_model_and_hardware_needs_a_gpu() {
+    let dir = common::model_dir();
+    let case = &common::cases()[0];
+    let out = veil()
+        .args([
+            "generate",
+            "--chat",
+            "--json",
+            "--dtype",
+            "f32",
+            "--max-tokens",
+            "48",
+        ])
+        .args([
+            "--device",
+            "cpu",
+            "--cc",
+            "sealed",
+            "--cc-chunk-kib",
+            "4",
+            "--cc-rotate-after",
+            "3",
+        ])
+        .args(["--prompt", &case.prompt, "--model"])
+        .arg(&dir)
+        .output()
+        .expect("run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("cc sealed"), "{stderr}");
+    let ids: Vec<u32> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).expect("JSON line");
+            v["id"].as_u64().expect("id") as u32
+        })
+        .collect();
+    assert_eq!(ids, case.greedy_new_ids);
+
+    let out = veil()
+        .args([
+            "generate", "--dtype", "f32", "--device", "cpu", "--cc", "hardware",
+        ])
+        .args(["--prompt", "hi", "--model"])
+        .arg(&dir)
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--cc hardware needs a GPU in CC mode"),
+        "{stderr}"
+    );
+    let out = veil()
+        .args(["generate", "--cc", "sideways", "--prompt", "hi"])
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown CC mode"));
+}

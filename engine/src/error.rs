@@ -73,6 +73,9 @@ pub enum Error {
     /// The KV cache cannot hold what was asked.
     #[error("KV cache exhausted: {0}")]
     KvCacheExhausted(String),
+    /// The sealed CC transfer channel failed (a bad tag, a poisoned direction, a bad setting).
+    #[error("CC channel: {0}")]
+    Channel(#[from] crate::cc::ChannelError),
     /// A backend failed (or is not available in this build).
     #[error("backend {backend}: {reason}")]
     Backend {

@@ -12,8 +12,11 @@
 //! - [`sampling`] picks tokens; [`output`] turns them into text with stop conditions;
 //!   [`generate`] drives one request end to end.
 //! - [`model`] ties these together into a [`model::LoadedModel`].
+//! - [`cc`]: the host side of the `sealed` CC transfer channel (AES-256-GCM frames between host
+//!   and GPU, `docs/cc-transfer.md`).
 
 pub mod backend;
+pub mod cc;
 pub mod config;
 pub mod digest;
 pub mod error;

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use crate::backend::cpu::CpuBackend;
 use crate::backend::cuda::CudaBackend;
 use crate::backend::{Backend, DType, Device};
+use crate::cc::{CcMode, ChannelConfig};
 use crate::config::ModelConfig;
 use crate::digest::{ModelDigest, model_digest};
 use crate::error::{Error, Result};
@@ -24,6 +25,13 @@ pub struct LoadOptions {
     /// Refuse the model unless its files hash to this digest (the operator's pin), besides
     /// the digest recorded in its `veil-model.json`, which is always checked.
     pub expected_digest: Option<ModelDigest>,
+    /// How bytes cross between host and device (docs/cc-transfer.md). On the CPU backend,
+    /// which has no device link, `Sealed` passes the weights through the channel to the
+    /// host-side device end (loopback: it measures the cost of the cryptography only) and
+    /// `Hardware` is refused.
+    pub cc: CcMode,
+    /// Settings of the sealed channel (with `cc: Sealed`).
+    pub channel: ChannelConfig,
 }
 
 impl Default for LoadOptions {
@@ -33,8 +41,23 @@ impl Default for LoadOptions {
             threads: veil_kernels::pool::ThreadPool::default_threads(),
             device: Device::Cpu,
             expected_digest: None,
+            cc: CcMode::Off,
+            channel: ChannelConfig::default(),
         }
     }
+}
+
+/// How loading went: for logs, `ModelInfo` and CC-on/off comparisons.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct LoadReport {
+    /// The transfer mode the model was loaded (and is served) with.
+    pub cc: CcMode,
+    /// Seconds from the start of loading (digest check included) to a ready backend.
+    pub seconds: f64,
+    /// Weight bytes moved to the backend (bf16 or f32, as stored there).
+    pub weight_bytes: u64,
+    /// The weights' transfer rate in GB/s (10^9 bytes/s) over the transfer itself.
+    pub transfer_gb_per_s: f64,
 }
 
 /// A model ready to run.
@@ -51,6 +74,8 @@ pub struct LoadedModel {
     pub backend: Box<dyn Backend>,
     /// Bytes of weights read per decoded token.
     pub weight_bytes_per_token: usize,
+    /// How loading went.
+    pub load: LoadReport,
 }
 
 impl std::fmt::Debug for LoadedModel {
@@ -72,15 +97,32 @@ impl LoadedModel {
     /// against [`LoadOptions::expected_digest`]; a mismatch is [`Error::DigestMismatch`] and
     /// nothing else is read.
     pub fn load(dir: &Path, opts: &LoadOptions, progress: &mut dyn FnMut(usize, usize)) -> Result<Self> {
+        let start = std::time::Instant::now();
+        opts.channel.validate()?;
         let digest = verify_digest(dir, opts.expected_digest)?;
         let config = ModelConfig::from_dir(dir)?;
         let tokenizer = std::sync::Arc::new(Tokenizer::from_dir(dir)?);
-        let weights = Weights::open(dir)?;
-        let (backend, weight_bytes_per_token): (Box<dyn Backend>, usize) = match opts.device {
+        let mut weights = Weights::open(dir)?;
+        let (backend, weight_bytes_per_token, transfer): (Box<dyn Backend>, usize, _) = match opts.device {
             Device::Cpu => {
+                match opts.cc {
+                    CcMode::Off => {}
+                    CcMode::Hardware => {
+                        return Err(Error::Backend {
+                            backend: "cpu",
+                            reason: "--cc hardware needs a GPU in CC mode; the CPU backend has no \
+                                     host-device transfers (use --cc off, or sealed for the \
+                                     loopback channel)"
+                                .into(),
+                        });
+                    }
+                    CcMode::Sealed => weights.seal_reads(crate::cc::loopback::Loopback::new(&opts.channel)?),
+                }
+                let t0 = std::time::Instant::now();
                 let b = CpuBackend::load(&weights, &config, opts.dtype, opts.threads, progress)?;
                 let bytes = b.weight_bytes_per_token();
-                (Box::new(b), bytes)
+                let secs = t0.elapsed().as_secs_f64();
+                (Box::new(b), bytes, (bytes as u64, secs))
             }
             Device::Cuda(ordinal) => {
                 if opts.dtype != DType::Bf16 {
@@ -89,11 +131,30 @@ impl LoadedModel {
                         reason: "the CUDA backend keeps weights in bf16 (use --dtype bf16)".into(),
                     });
                 }
-                let b = CudaBackend::load(&weights, &config, ordinal, progress)?;
+                let b = CudaBackend::load(&weights, &config, ordinal, opts.cc, &opts.channel, progress)?;
                 let bytes = b.weight_bytes_per_token();
-                (Box::new(b), bytes)
+                let secs = b.weight_upload_seconds();
+                (Box::new(b), bytes, (bytes as u64, secs))
             }
         };
+        let (weight_bytes, secs) = transfer;
+        let load = LoadReport {
+            cc: opts.cc,
+            seconds: start.elapsed().as_secs_f64(),
+            weight_bytes,
+            transfer_gb_per_s: if secs > 0.0 {
+                weight_bytes as f64 / secs / 1e9
+            } else {
+                0.0
+            },
+        };
+        tracing::info!(
+            cc = %opts.cc,
+            seconds = load.seconds,
+            weight_mib = weight_bytes >> 20,
+            gb_per_s = load.transfer_gb_per_s,
+            "model loaded"
+        );
         Ok(Self {
             dir: dir.to_owned(),
             config,
@@ -101,6 +162,7 @@ impl LoadedModel {
             digest,
             backend,
             weight_bytes_per_token,
+            load,
         })
     }
 }

@@ -27,6 +27,9 @@ struct TensorEntry {
 pub struct Weights {
     maps: Vec<Mmap>,
     tensors: HashMap<String, TensorEntry>,
+    /// With `--cc sealed` on the CPU backend: every tensor read crosses the sealed channel in
+    /// loopback first (see [`crate::cc::loopback`]).
+    loopback: Option<std::sync::Mutex<crate::cc::loopback::Loopback>>,
 }
 
 /// The weight files of a model directory: the single file, or the shards named by the index.
@@ -95,7 +98,17 @@ impl Weights {
                 }
             }
         }
-        Ok(Self { maps, tensors })
+        Ok(Self {
+            maps,
+            tensors,
+            loopback: None,
+        })
+    }
+
+    /// Passes every later tensor read through the sealed channel in loopback (the CPU
+    /// backend's `--cc sealed`).
+    pub fn seal_reads(&mut self, loopback: crate::cc::loopback::Loopback) {
+        self.loopback = Some(std::sync::Mutex::new(loopback));
     }
 
     /// Whether a tensor exists.
@@ -124,7 +137,19 @@ impl Weights {
                 reason: format!("shape {:?}, expected {:?}", e.shape, expected_shape),
             });
         }
-        let bytes = &self.maps[e.file][e.range.clone()];
+        let mapped = &self.maps[e.file][e.range.clone()];
+        let transferred;
+        let bytes = match &self.loopback {
+            None => mapped,
+            Some(l) => {
+                let mut l = l.lock().map_err(|_| Error::Tensor {
+                    name: name.into(),
+                    reason: "the sealed loopback channel failed earlier".into(),
+                })?;
+                transferred = l.transfer(mapped)?;
+                &transferred[..]
+            }
+        };
         to_f32(bytes, e.dtype).ok_or_else(|| Error::Unsupported {
             what: "tensor dtype",
             name: format!("{:?} (tensor {name})", e.dtype),

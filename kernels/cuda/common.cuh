@@ -26,6 +26,8 @@ __device__ __forceinline__ unsigned veil_dynamic_smem_size() {
 #endif
 
 #define VEIL_INF __int_as_float(0x7f800000)
+// The largest finite float (FLT_MAX; NVRTC has no <cfloat>).
+#define VEIL_FLT_MAX __int_as_float(0x7f7fffff)
 
 VEIL_DEV int veil_min(int a, int b) { return a < b ? a : b; }
 VEIL_DEV int veil_max(int a, int b) { return a > b ? a : b; }

@@ -295,7 +295,8 @@ VEIL_DEV int sample_stochastic(const float* row, int vocab, const VeilSamplePara
 // by the penalties), parameters params[r]. (a) Penalties for j in [penalty_offset,
 // penalty_offset + n_penalty): id = penalty_ids[j] (ids outside the vocabulary are skipped; each
 // id at most once per row), c = penalty_counts[j]: if repetition_penalty != 1,
-// l = l > 0 ? l / rp : l * rp; if c > 0, l -= presence + frequency * c. (b) If n_top_logprobs
+// l = l > 0 ? min(l / rp, FLT_MAX) : max(l * rp, -FLT_MAX); if c > 0,
+// l -= presence + frequency * c. (b) If n_top_logprobs
 // >= 0: out_logprobs[r] = log-softmax of the penalised logits at the chosen token, and for
 // j < min(n_top_logprobs, max_top): out_top_ids / out_top_logprobs[r*max_top + j] = the j-th
 // most likely token (ties: lower id first) and its log-softmax (-1 / -inf past the vocabulary).
@@ -324,8 +325,11 @@ veil_sample(float* __restrict__ logits, const VeilSampleParams* __restrict__ par
         const int c = penalty_counts[P.penalty_offset + j];
         if (id < 0 || id >= vocab) continue;
         float l = row[id];
+        // Kept finite (as the host sampler does): a tiny penalty would push a logit to
+        // infinity, and the weights l - max of an infinite maximum are NaN.
         if (P.repetition_penalty != 1.0f)
-            l = l > 0.0f ? l / P.repetition_penalty : l * P.repetition_penalty;
+            l = l > 0.0f ? fminf(l / P.repetition_penalty, VEIL_FLT_MAX)
+                         : fmaxf(l * P.repetition_penalty, -VEIL_FLT_MAX);
         if (c > 0) l -= P.presence_penalty + P.frequency_penalty * (float)c;
         row[id] = l;
     }

@@ -9,3 +9,4 @@
 #include "attention_prefill.cuh"
 #include "silu_mul.cuh"
 #include "sample.cuh"
+#include "aes_gcm.cuh"

@@ -8,7 +8,8 @@
 //! 9.0). `tests/ptx.rs` fails when the PTX is stale or a kernel no longer compiles.
 //!
 //! Nothing here needs a GPU: the module is plain data plus CPU mirrors of the parts of the
-//! kernels' contracts a host needs to reproduce ([`sample_uniform`], [`prefill_shared_bytes`]).
+//! kernels' contracts a host needs to reproduce ([`sample_uniform`], [`prefill_shared_bytes`],
+//! the sealed transfer channel's [`GcmMsg`] with its IVs and associated data).
 
 /// PTX of every kernel for compute capability 8.0 and newer (`.target sm_80`).
 pub const PTX_SM80: &str = include_str!("../ptx/veil.sm_80.ptx");
@@ -27,6 +28,9 @@ pub const KERNELS: &[&str] = &[
     "veil_attention_prefill",
     "veil_silu_mul",
     "veil_sample",
+    "veil_gcm_verify",
+    "veil_gcm_decrypt",
+    "veil_gcm_seal",
 ];
 
 /// Size in bytes of `VeilSampleParams` (13 fields of 4 bytes), the layout of [`SampleParams`].
@@ -99,6 +103,77 @@ impl Default for SampleParams {
             penalty_offset: 0,
             n_penalty: 0,
         }
+    }
+}
+
+/// Size in bytes of `VeilGcmMsg` (4 × u32 then 3 × u64, 8-byte aligned), the layout of [`GcmMsg`].
+pub const GCM_MSG_SIZE: usize = 40;
+
+/// Threads per block of the `veil_gcm_*` kernels (they accept any multiple of 32 up to this).
+pub const GCM_THREADS: u32 = 256;
+
+/// Largest chunk size of the sealed channel (docs/cc-transfer.md): 16 MiB.
+pub const GCM_MAX_CHUNK: u32 = 16 << 20;
+
+/// One message of the sealed CC transfer channel (`docs/cc-transfer.md`), the by-value argument
+/// `VeilGcmMsg` of `veil_gcm_verify`, `veil_gcm_decrypt` and `veil_gcm_seal`, laid out exactly
+/// as the kernels read it. [`GcmMsg::iv`] and [`GcmMsg::aad`] are the host's mirror of what the
+/// kernels derive from it.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct GcmMsg {
+    /// Names the channel: IV bytes 0..4 (big-endian).
+    pub channel_id: u32,
+    /// Direction byte of the AAD: 0 host-to-device, 1 device-to-host (only the low byte is used).
+    pub dir: u32,
+    /// Key epoch of the direction (AAD, big-endian).
+    pub epoch: u32,
+    /// Bytes per chunk: a multiple of 16 from 16 to [`GCM_MAX_CHUNK`] (the kernels trap otherwise).
+    pub chunk_size: u32,
+    /// Messages sent before this one in the epoch (AAD, big-endian).
+    pub seq: u64,
+    /// IV counter of the message's first chunk (chunk `i` uses `first_counter + i`).
+    pub first_counter: u64,
+    /// Plaintext bytes of the message; the frame holds `len + 16 * n_chunks()` bytes.
+    pub len: u64,
+}
+
+impl GcmMsg {
+    /// Chunks of the message: `max(1, ceil(len / chunk_size))` (0 if `chunk_size` is 0).
+    pub fn n_chunks(&self) -> u64 {
+        if self.chunk_size == 0 {
+            return 0;
+        }
+        self.len.div_ceil(u64::from(self.chunk_size)).max(1)
+    }
+
+    /// Bytes of the frame: the ciphertext, then one 16-byte tag per chunk.
+    pub fn frame_len(&self) -> u64 {
+        self.len + 16 * self.n_chunks()
+    }
+
+    /// IV of chunk `i`: `channel_id (BE32) || first_counter + i (BE64)`.
+    pub fn iv(&self, i: u64) -> [u8; 12] {
+        let mut iv = [0u8; 12];
+        iv[..4].copy_from_slice(&self.channel_id.to_be_bytes());
+        iv[4..].copy_from_slice(&self.first_counter.wrapping_add(i).to_be_bytes());
+        iv
+    }
+
+    /// Associated data of chunk `i`: `"VCC1" || dir || last || 0x0000 || epoch (BE32) ||
+    /// seq (BE64) || i (BE32) || len (BE64)`, `last` = 1 for the message's final chunk.
+    pub fn aad(&self, i: u64) -> [u8; 32] {
+        let mut a = [0u8; 32];
+        a[..4].copy_from_slice(b"VCC1");
+        a[4] = self.dir as u8;
+        a[5] = u8::from(i + 1 == self.n_chunks());
+        a[8..12].copy_from_slice(&self.epoch.to_be_bytes());
+        a[12..20].copy_from_slice(&self.seq.to_be_bytes());
+        // The chunk index is 32 bits on the wire; a message never has 2^32 chunks (the channel
+        // rotates its key first).
+        a[20..24].copy_from_slice(&(i as u32).to_be_bytes());
+        a[24..32].copy_from_slice(&self.len.to_be_bytes());
+        a
     }
 }
 
@@ -187,6 +262,52 @@ mod tests {
         assert_eq!((d.temperature, d.top_p, d.repetition_penalty), (0.0, 1.0, 1.0));
         assert_eq!(d.n_top_logprobs, -1);
         assert_eq!(bytemuck::bytes_of(&d).len(), SAMPLE_PARAMS_SIZE);
+    }
+
+    #[test]
+    fn gcm_msg_matches_the_abi_layout() {
+        use std::mem::{align_of, offset_of, size_of};
+        assert_eq!(size_of::<GcmMsg>(), GCM_MSG_SIZE);
+        assert_eq!(align_of::<GcmMsg>(), 8);
+        let offsets = [
+            offset_of!(GcmMsg, channel_id),
+            offset_of!(GcmMsg, dir),
+            offset_of!(GcmMsg, epoch),
+            offset_of!(GcmMsg, chunk_size),
+            offset_of!(GcmMsg, seq),
+            offset_of!(GcmMsg, first_counter),
+            offset_of!(GcmMsg, len),
+        ];
+        assert_eq!(offsets, [0, 4, 8, 12, 16, 24, 32]);
+    }
+
+    #[test]
+    fn gcm_msg_iv_and_aad_follow_the_spec() {
+        let m = GcmMsg {
+            channel_id: 0x0102_0304,
+            dir: 1,
+            epoch: 0xa0b0_c0d0,
+            chunk_size: 64,
+            seq: 0x1122_3344_5566_7788,
+            first_counter: 0xffff_fffe,
+            len: 130,
+        };
+        assert_eq!(m.n_chunks(), 3);
+        assert_eq!(m.frame_len(), 130 + 48);
+        assert_eq!(hex(&m.iv(2)), "010203040000000100000000");
+        assert_eq!(
+            hex(&m.aad(2)),
+            "5643433101010000a0b0c0d0112233445566778800000002\
+             0000000000000082"
+        );
+        assert_eq!(m.aad(1)[5], 0, "only the final chunk is marked last");
+        let empty = GcmMsg { len: 0, ..m };
+        assert_eq!((empty.n_chunks(), empty.frame_len()), (1, 16));
+        assert_eq!(empty.aad(0)[5], 1);
+    }
+
+    fn hex(b: &[u8]) -> String {
+        b.iter().map(|x| format!("{x:02x}")).collect()
     }
 
     #[test]

@@ -12,6 +12,8 @@
 //! `--sealed` runs the same workload in plaintext and sealed (`SealedGenerate`), alternating, at
 //! each closed-loop level, and compares the two (see [`sealed`]).
 
+mod compare;
+mod compare_cc;
 mod load;
 mod report;
 mod sealed;
@@ -41,11 +43,13 @@ use super::remote::{DEFAULT_SERVER, connect, server_url, status_error};
 /// Arguments of `veil bench`.
 #[derive(Debug, Args)]
 pub(crate) struct BenchArgs {
+    #[command(subcommand)]
+    command: Option<BenchCommand>,
     /// The server: URL or HOST:PORT.
     #[arg(long, default_value = DEFAULT_SERVER, env = "VEIL_SERVER")]
     server: String,
     /// Closed loop: this many clients, each sending its next request when the previous ends
-    /// [default: 1; with --sealed, levels 1 and 16].
+    /// [default: 1; with --sealed, levels 1 and 16; with --compare-cc, 1 and 32].
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=4096))]
     concurrency: Option<u32>,
     /// Open loop: Poisson arrivals at this many requests per second, unbounded in flight.
@@ -91,18 +95,41 @@ pub(crate) struct BenchArgs {
     /// (`SealedGenerate`, attested first), alternating, at each closed-loop level, and compare
     /// them. The server must have its plaintext RPCs on (`veil serve --plaintext on`; a
     /// simulated server has them on by default).
-    #[arg(long)]
+    #[arg(long, group = "comparison")]
     sealed: bool,
     /// With --sealed: the attestation policy (TOML, see docs/attestation.md) the server must
     /// satisfy [default: strict: hardware evidence only, GPUs in CC mode].
     #[arg(long, value_name = "FILE", requires = "sealed")]
     policy: Option<PathBuf>,
-    /// With --sealed: measure each mode this many times per level, in the order plaintext,
-    /// sealed, sealed, plaintext, ... (balanced against drift); each measurement stops as a
-    /// level does (--requests, --requests-per-client, --duration); results are pooled per mode.
-    #[arg(long, default_value_t = 2, requires = "sealed",
+    /// With --sealed or --compare-cc: measure each mode this many times per level, in the
+    /// balanced order A B B A ... (against drift); each measurement stops as a level does
+    /// (--requests, --requests-per-client, --duration); results are pooled per mode.
+    #[arg(long, default_value_t = 2, requires = "comparison",
           value_parser = clap::value_parser!(u32).range(1..=1000))]
     rounds: u32,
+    /// Compare CC transfer modes (e.g. `off,sealed`; the first is the baseline): for each, start
+    /// a `veil serve --cc MODE` of this executable on a free loopback port (simulated attestation
+    /// and plaintext RPCs unless --serve-arg says otherwise), run the same workload, and report
+    /// throughput, TTFT, TPOT and model load time with each mode's difference in percent.
+    /// --server is not used.
+    #[arg(long, value_delimiter = ',', group = "comparison", conflicts_with_all = ["sealed", "rate"])]
+    compare_cc: Vec<veil_engine::cc::CcMode>,
+    /// With --compare-cc: an argument for every `veil serve` started (repeat it, e.g.
+    /// `--serve-arg=--device --serve-arg=cuda:0 --serve-arg=--model --serve-arg=DIR`).
+    #[arg(long, allow_hyphen_values = true, value_name = "ARG")]
+    serve_arg: Vec<String>,
+    /// With --compare-cc: write a chart (SVG) of the comparison to this file.
+    #[arg(long, value_name = "FILE")]
+    svg: Option<PathBuf>,
+}
+
+/// `veil bench` subcommands.
+#[derive(Debug, clap::Subcommand)]
+enum BenchCommand {
+    /// Compare two runs saved with `veil bench --json` (e.g. a CC-on and a CC-off boot of one
+    /// machine): a markdown table of every metric with the difference in percent, and an SVG
+    /// chart.
+    Compare(compare::CompareArgs),
 }
 
 /// When a phase stops sending requests.
@@ -119,7 +146,10 @@ struct Phase {
     wall_s: f64,
 }
 
-pub(crate) fn run(a: BenchArgs) -> anyhow::Result<()> {
+pub(crate) fn run(mut a: BenchArgs) -> anyhow::Result<()> {
+    if let Some(BenchCommand::Compare(c)) = a.command.take() {
+        return compare::run(c);
+    }
     if let Some(r) = a.rate
         && !(r.is_finite() && r > 0.0)
     {
@@ -145,6 +175,18 @@ pub(crate) fn run(a: BenchArgs) -> anyhow::Result<()> {
 }
 
 async fn bench(a: BenchArgs) -> anyhow::Result<()> {
+    if !a.compare_cc.is_empty() {
+        let modes = &a.compare_cc;
+        if modes.len() < 2 || (1..modes.len()).any(|i| modes[..i].contains(&modes[i])) {
+            anyhow::bail!("--compare-cc needs two or more different modes, e.g. off,sealed");
+        }
+        let levels = self::modes(&a);
+        let report = compare_cc::compare(&a, &levels).await?;
+        return write_cc_json(&a, &report);
+    }
+    if !a.serve_arg.is_empty() || a.svg.is_some() {
+        anyhow::bail!("--serve-arg and --svg go with --compare-cc");
+    }
     let mut client = connect(&a.server).await?;
     let info = client
         .model_info(ModelInfoRequest {})
@@ -218,7 +260,7 @@ async fn bench(a: BenchArgs) -> anyhow::Result<()> {
 }
 
 /// The levels to measure: the open-loop rate, the sweep, the one concurrency or, with
-/// --sealed and none of these given, closed loop at 1 and 16 clients.
+/// --sealed (--compare-cc) and none of these given, closed loop at 1 and 16 (32) clients.
 fn modes(a: &BenchArgs) -> Vec<Mode> {
     let closed = |c: &u32| Mode::Closed {
         concurrency: *c as usize,
@@ -231,6 +273,8 @@ fn modes(a: &BenchArgs) -> Vec<Mode> {
         vec![closed(&c)]
     } else if a.sealed {
         [1, 16].iter().map(closed).collect()
+    } else if !a.compare_cc.is_empty() {
+        [1, 32].iter().map(closed).collect()
     } else {
         vec![closed(&1)]
     }
@@ -262,6 +306,41 @@ fn write_json(
         return Ok(());
     };
     let doc = json_report(a, info, results, sealed);
+    let text = serde_json::to_string_pretty(&doc).context("encoding the JSON report")?;
+    std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))?;
+    eprintln!("wrote {}", path.display());
+    Ok(())
+}
+
+/// Writes the `--json` report of `--compare-cc`, if asked for.
+fn write_cc_json(a: &BenchArgs, report: &compare_cc::CcReport) -> anyhow::Result<()> {
+    let Some(path) = &a.json else {
+        return Ok(());
+    };
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    let doc = serde_json::json!({
+        "tool": "veil bench",
+        "version": env!("CARGO_PKG_VERSION"),
+        "timestamp": report::rfc3339_utc(now.as_secs()),
+        "unix_time": now.as_secs_f64(),
+        "parameters": {
+            "concurrency": a.concurrency,
+            "sweep": a.sweep,
+            "prompt_tokens": a.prompt_tokens.to_string(),
+            "output_tokens": a.output_tokens.to_string(),
+            "requests": a.requests,
+            "requests_per_client": a.requests_per_client,
+            "duration_s": a.duration,
+            "warmup": a.warmup,
+            "temperature": a.temperature,
+            "seed": a.seed,
+            "timeout_s": a.timeout,
+            "rounds": a.rounds,
+            "serve_args": a.serve_arg,
+        },
+        "results": [],
+        "cc_comparison": report,
+    });
     let text = serde_json::to_string_pretty(&doc).context("encoding the JSON report")?;
     std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))?;
     eprintln!("wrote {}", path.display());
@@ -512,6 +591,12 @@ struct JsonModel<'a> {
     dtype: &'a str,
     backend: &'a str,
     server_version: &'a str,
+    /// How bytes cross between host and GPU: off, hardware or sealed.
+    cc_transfer: &'a str,
+    /// Seconds the server took to load the model.
+    load_seconds: f64,
+    /// The weights' transfer rate while loading, GB/s.
+    weight_upload_gbps: f64,
     limits: serde_json::Value,
 }
 
@@ -562,6 +647,9 @@ fn json_report<'a>(
                 dtype: &info.dtype,
                 backend: &info.backend,
                 server_version: &info.server_version,
+                cc_transfer: &info.cc_transfer,
+                load_seconds: info.model_load_seconds,
+                weight_upload_gbps: info.weight_transfer_gbps,
                 limits: serde_json::json!({
                     "max_tokens": limits.max_tokens,
                     "max_batched_tokens": limits.max_batched_tokens,

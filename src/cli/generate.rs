@@ -107,7 +107,7 @@ pub(crate) fn run(a: GenerateArgs) -> anyhow::Result<()> {
             .context("starting the async runtime")?;
         return rt.block_on(run_remote(&a, &remote));
     }
-    let mut model = load_model(&a.model.model, a.dtype, a.threads, a.model.device, None)?;
+    let mut model = load_model(&a.model, a.dtype, a.threads, None)?;
     let text = if a.chat || a.system.is_some() {
         let mut messages = Vec::new();
         if let Some(s) = &a.system {

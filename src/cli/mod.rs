@@ -2,6 +2,7 @@
 
 mod attest;
 mod bench;
+mod cc;
 mod chat;
 mod generate;
 mod model;
@@ -30,7 +31,9 @@ enum Command {
     Model(model::ModelCommand),
     /// Serve the gRPC API (veil.v1.Inference) with health, reflection and metrics.
     Serve(serve::ServeArgs),
-    /// Load-test a running server: throughput and latency percentiles.
+    /// Load-test a running server (throughput and latency percentiles), compare CC transfer
+    /// modes (`--compare-cc`), or compare two saved runs (`veil bench compare A.json B.json`).
+    #[command(args_conflicts_with_subcommands = true)]
     Bench(bench::BenchArgs),
     /// Chat with a running server in the terminal (reads stdin line by line).
     Chat(chat::ChatArgs),

@@ -19,6 +19,21 @@ pub(crate) struct ModelArg {
     /// `cpu`, or `cuda:N`. The CUDA backend keeps weights in bf16.
     #[arg(long, default_value = "auto", env = "VEIL_DEVICE")]
     pub(crate) device: veil_engine::backend::DeviceArg,
+    /// How bytes cross between host and GPU (docs/cc-transfer.md): `off` (plain copies),
+    /// `hardware` (the GPU's CC mode encrypts; checked through NVML at start-up), `sealed`
+    /// (Veil's AES-256-GCM channel, on any GPU: integrity, and the cost of CC, but not
+    /// confidentiality without hardware CC). `auto`: `hardware` when the GPU is in CC mode,
+    /// else `off`. On the CPU backend `sealed` runs the channel in loopback.
+    #[arg(long, default_value = "auto", env = "VEIL_CC")]
+    pub(crate) cc: super::cc::CcArg,
+    /// Sealed channel: bytes per authenticated chunk, in KiB (a GPU block opens one chunk).
+    #[arg(long, default_value_t = 64, value_name = "KIB",
+          value_parser = clap::value_parser!(u32).range(1..=16384))]
+    pub(crate) cc_chunk_kib: u32,
+    /// Sealed channel: messages per key epoch before both directions rotate their keys.
+    #[arg(long, default_value_t = 1 << 20, value_name = "MESSAGES",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub(crate) cc_rotate_after: u64,
 }
 
 /// Model management commands.
@@ -132,16 +147,15 @@ pub(crate) fn resolve_model(arg: &str) -> anyhow::Result<PathBuf> {
 /// Resolves `--model` and loads it, reporting what was loaded on stderr. The files' digest is
 /// checked against the one recorded at pull or import and, when given, against `pin`.
 pub(crate) fn load_model(
-    arg: &str,
+    m: &ModelArg,
     dtype: veil_engine::backend::DType,
     threads: Option<usize>,
-    device: veil_engine::backend::DeviceArg,
     pin: Option<veil_engine::digest::ModelDigest>,
 ) -> anyhow::Result<veil_engine::model::LoadedModel> {
     use veil_engine::model::{LoadOptions, LoadedModel};
-    let dir = resolve_model(arg)?;
+    let dir = resolve_model(&m.model)?;
     // f32 weights exist only on the CPU backend.
-    let device = match (device, dtype) {
+    let device = match (m.device, dtype) {
         (veil_engine::backend::DeviceArg::Auto, veil_engine::backend::DType::F32) => {
             veil_engine::backend::Device::Cpu
         }
@@ -151,25 +165,42 @@ pub(crate) fn load_model(
         dtype,
         device,
         expected_digest: pin,
+        cc: m.cc.resolve(device)?,
         ..LoadOptions::default()
     };
+    opts.channel.chunk_size = m.cc_chunk_kib as usize * 1024;
+    opts.channel.rotate_after = m.cc_rotate_after;
     if let Some(t) = threads {
         opts.threads = t;
     }
     let start = std::time::Instant::now();
-    let model = LoadedModel::load(&dir, &opts, &mut |_, _| {})
-        .with_context(|| format!("loading {}", dir.display()))?;
+    // Layers loaded, on stderr when it is a terminal (indicatif hides it otherwise).
+    let pb = ProgressBar::new(0);
+    pb.set_style(
+        ProgressStyle::with_template("{msg:>12} [{bar:40}] {pos}/{len} layers ({elapsed})")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    pb.set_message(format!("loading (cc {})", opts.cc));
+    let loaded = LoadedModel::load(&dir, &opts, &mut |done, total| {
+        pb.set_length(total as u64);
+        pb.set_position(done as u64);
+    });
+    pb.finish_and_clear();
+    let model = loaded.with_context(|| format!("loading {}", dir.display()))?;
     let compute = match device {
         veil_engine::backend::Device::Cpu => format!("{} threads", opts.threads),
         veil_engine::backend::Device::Cuda(n) => format!("cuda:{n}"),
     };
     eprintln!(
-        "loaded {} ({}, {} weights, {compute}, digest {}) in {:.2}s",
+        "loaded {} ({}, {} weights, {compute}, cc {}, digest {}) in {:.2}s ({:.2} GB/s of weights)",
         dir.display(),
         model.backend.name(),
         model.backend.dtype().name(),
+        model.load.cc,
         model.digest,
-        start.elapsed().as_secs_f64()
+        start.elapsed().as_secs_f64(),
+        model.load.transfer_gb_per_s,
     );
     Ok(model)
 }

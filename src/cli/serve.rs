@@ -176,7 +176,7 @@ pub(crate) fn run(a: ServeArgs) -> anyhow::Result<()> {
         a.gpu_memory_utilization > 0.0 && a.gpu_memory_utilization < 1.0,
         "--gpu-memory-utilization must be in (0, 1)"
     );
-    let mut model = load_model(&a.model.model, a.dtype, a.threads, a.model.device, a.model_digest)?;
+    let mut model = load_model(&a.model, a.dtype, a.threads, a.model_digest)?;
     let defaults = RuntimeConfig::default();
     let cfg = RuntimeConfig {
         max_batched_tokens: a.max_batched_tokens.unwrap_or(defaults.max_batched_tokens),

@@ -539,6 +539,7 @@ mod tests {
             kv_cache_blocks: 1,
             block_size: 16,
             eos_token_ids: vec![],
+            load: Default::default(),
         };
         let a = Attestor::new(collectors, &info, &cfg).expect("attestor (self-check passes)");
         assert!(!a.confidential());

@@ -355,6 +355,7 @@ mod tests {
             kv_cache_blocks: 4,
             block_size: 16,
             eos_token_ids: vec![2],
+            load: Default::default(),
         }
     }
 

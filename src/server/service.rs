@@ -379,6 +379,9 @@ impl v1::inference_server::Inference for InferenceService {
             attestation: self.attestor.mode().to_owned(),
             plaintext_enabled: self.plaintext,
             sealed_enabled: true,
+            cc_transfer: i.load.cc.as_str().to_owned(),
+            model_load_seconds: i.load.seconds,
+            weight_transfer_gbps: i.load.transfer_gb_per_s,
         }))
     }
 

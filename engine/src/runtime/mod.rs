@@ -171,7 +171,7 @@ pub enum SubmitError {
 }
 
 /// What the runtime serves, for clients and metrics.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ModelInfo {
     /// Model name.
     pub name: String,
@@ -199,6 +199,8 @@ pub struct ModelInfo {
     pub block_size: usize,
     /// Tokens that end a generation (end of sequence / end of turn).
     pub eos_token_ids: Vec<u32>,
+    /// How the model was loaded: transfer mode, time, weight transfer rate.
+    pub load: crate::model::LoadReport,
 }
 
 /// A snapshot of the runtime's state.
@@ -332,6 +334,7 @@ impl RuntimeHandle {
             kv_cache_blocks: num_blocks,
             block_size: cfg.block_size,
             eos_token_ids,
+            load: model.load,
         };
         let stats = Arc::new(SharedStats::default());
         let (tx, rx) = mpsc::channel();

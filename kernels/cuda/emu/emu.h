@@ -25,6 +25,7 @@
 #define __maxnreg__(...)
 #define __restrict__ __restrict
 #define __shared__ static
+#define __constant__
 #define __align__(n) __attribute__((aligned(n)))
 #define VEIL_DEV inline
 
@@ -91,6 +92,7 @@ template <class T> T __shfl_up_sync(unsigned, T v, int d) {
 template <class T> T __shfl_sync(unsigned, T v, int src) { return emu_shuffle(v, src); }
 
 template <class T> T atomicAdd(T* p, T v) { return __atomic_fetch_add(p, v, __ATOMIC_SEQ_CST); }
+template <class T> T atomicOr(T* p, T v) { return __atomic_fetch_or(p, v, __ATOMIC_SEQ_CST); }
 
 inline float __uint_as_float(unsigned u) {
     float f;
@@ -110,6 +112,19 @@ inline unsigned __float_as_uint(float f) {
 inline float __expf(float x) { return expf(x); }
 inline float rsqrtf(float x) { return 1.0f / sqrtf(x); }
 inline unsigned __umulhi(unsigned a, unsigned b) { return (unsigned)(((uint64_t)a * b) >> 32); }
+inline unsigned __brev(unsigned x) {
+    unsigned r = 0;
+    for (int i = 0; i < 32; ++i) r |= ((x >> i) & 1u) << (31 - i);
+    return r;
+}
+// Byte i of the result is byte (s >> 4i) & 7 of the 8 bytes y:x (x = bytes 0..3); the
+// sign-replicate mode (selector bit 3) is not emulated.
+inline unsigned __byte_perm(unsigned x, unsigned y, unsigned s) {
+    const uint64_t b = ((uint64_t)y << 32) | x;
+    unsigned r = 0;
+    for (int i = 0; i < 4; ++i) r |= (unsigned)((b >> (8 * ((s >> (4 * i)) & 7))) & 0xff) << (8 * i);
+    return r;
+}
 
 namespace emu {
 // Runs kernel(args...) on every block of `grid`, `block.x` threads each (1-D blocks).

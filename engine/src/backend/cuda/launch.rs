@@ -4,7 +4,9 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaStream, LaunchConfig, PushKernelArg};
+use cudarc::driver::{
+    CudaContext, CudaFunction, CudaModule, CudaStream, DeviceRepr, LaunchConfig, PushKernelArg,
+};
 use cudarc::nvrtc::Ptx;
 
 use crate::error::{Error, Result};
@@ -18,7 +20,20 @@ pub(crate) enum Arg {
     I32(i32),
     /// A `float`.
     F32(f32),
+    /// A `VeilGcmMsg` struct, by value (the `veil_gcm_*` kernels).
+    GcmMsg(GcmMsgArg),
 }
+
+/// [`veil_kernels::cuda::GcmMsg`] as a kernel argument: the driver copies its 40 bytes into the
+/// kernel's parameter space.
+#[derive(Debug, Clone, Copy)]
+#[repr(transparent)]
+pub(crate) struct GcmMsgArg(pub(crate) veil_kernels::cuda::GcmMsg);
+
+// SAFETY: GcmMsg is `#[repr(C)]` plain data (bytemuck::Pod: no padding, no pointers) laid out
+// exactly as the kernels' `VeilGcmMsg` (veil_kernels checks size, alignment and offsets), and
+// `repr(transparent)` keeps that layout.
+unsafe impl DeviceRepr for GcmMsgArg {}
 
 /// The loaded module and its functions.
 pub(crate) struct Kernels {
@@ -76,6 +91,23 @@ impl Kernels {
         })
     }
 
+    /// Blocks of `block` threads of kernel `name` that fit on the whole GPU at once (multiprocessors
+    /// times the blocks per multiprocessor that its registers and shared memory allow); at least 1.
+    pub(crate) fn resident_blocks(&self, stream: &CudaStream, name: &str, block: u32) -> Result<u32> {
+        let f = self
+            .functions
+            .get(name)
+            .ok_or_else(|| cuda_err("unknown kernel", name))?;
+        let per_sm = f
+            .occupancy_max_active_blocks_per_multiprocessor(block, 0, None)
+            .map_err(|e| cuda_err(format!("occupancy of {name}"), e))?;
+        let sms = stream
+            .context()
+            .attribute(cudarc::driver::sys::CUdevice_attribute_enum::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+            .map_err(|e| cuda_err("multiprocessor count", e))?;
+        Ok(per_sm.saturating_mul(u32::try_from(sms).unwrap_or(1)).max(1))
+    }
+
     /// Enqueues kernel `name` on `stream` with `grid` blocks of `block` threads and `smem`
     /// bytes of dynamic shared memory.
     pub(crate) fn launch(
@@ -100,6 +132,7 @@ impl Kernels {
                 Arg::Ptr(p) => b.arg(p),
                 Arg::I32(v) => b.arg(v),
                 Arg::F32(v) => b.arg(v),
+                Arg::GcmMsg(v) => b.arg(v),
             };
         }
         let cfg = LaunchConfig {

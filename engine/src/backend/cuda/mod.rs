@@ -20,8 +20,10 @@
 //!   profiling pass at the step's largest shape, a fraction of free memory becomes KV blocks
 //!   ([`CudaBackend::kv_budget`]).
 
+mod gcm;
 mod gemm;
 mod launch;
+mod link;
 mod plan;
 mod probe;
 #[cfg(test)]
@@ -38,9 +40,11 @@ pub use probe::{CudaDeviceInfo, probe};
 
 use self::gemm::{Gemm, OutType, Shape};
 use self::launch::{Arg, Kernels};
+use self::link::SealedLink;
 use self::plan::{MAX_TOP, StepPlan};
 use self::weights::GpuWeights;
 use super::{Backend, DType, DeviceSample, SampleRow, SeqChunk};
+use crate::cc::{CcMode, ChannelConfig};
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
 use crate::weights::Weights;
@@ -122,6 +126,11 @@ pub struct CudaBackend {
     /// layout is fixed by these.
     graphs: HashMap<(usize, usize, usize, usize), Graph>,
     plan: StepPlan,
+    upload_seconds: f64,
+    /// How bytes cross to and from the GPU.
+    cc: CcMode,
+    /// With `--cc sealed`: the sealed channel.
+    link: Option<SealedLink>,
 }
 
 impl std::fmt::Debug for CudaBackend {
@@ -131,6 +140,7 @@ impl std::fmt::Debug for CudaBackend {
             .field("weight_bytes", &self.w.bytes)
             .field("kv_layers", &self.kv.len())
             .field("graphs", &self.graphs.len())
+            .field("cc", &self.cc)
             .finish_non_exhaustive()
     }
 }
@@ -141,6 +151,8 @@ impl CudaBackend {
         weights: &Weights,
         cfg: &ModelConfig,
         ordinal: usize,
+        cc: CcMode,
+        channel: &ChannelConfig,
         progress: &mut dyn FnMut(usize, usize),
     ) -> Result<Self> {
         let (ctx, info) = probe::open(ordinal)?;
@@ -150,16 +162,46 @@ impl CudaBackend {
         let stream = ctx.new_stream().map_err(|e| cuda_err("creating a stream", e))?;
         let kernels = Kernels::load(&ctx, info.compute_capability)?;
         let gemm = Gemm::new(stream.clone())?;
-        let w = GpuWeights::load(weights, cfg, &stream, progress)?;
+        let mut link = match cc {
+            CcMode::Sealed => Some(SealedLink::new(&stream, &kernels, channel)?),
+            CcMode::Off | CcMode::Hardware => None,
+        };
+        let t0 = std::time::Instant::now();
+        let w = match &mut link {
+            None => GpuWeights::load(weights, cfg, &stream, progress)?,
+            Some(l) => GpuWeights::load_sealed(weights, cfg, &stream, &kernels, l, progress)?,
+        };
+        let upload_seconds = t0.elapsed().as_secs_f64();
         let rope_positions = cfg.max_position_embeddings.clamp(1, MAX_ROPE_POSITIONS);
         let table = RopeTable::new(cfg.head_dim, rope_positions, &cfg.rope_inv_freq());
-        let rope_cos = stream
-            .clone_htod(table.cos())
-            .map_err(|e| cuda_err("uploading the RoPE table", e))?;
-        let rope_sin = stream
-            .clone_htod(table.sin())
-            .map_err(|e| cuda_err("uploading the RoPE table", e))?;
-        tracing::info!(device = %info, weight_mib = w.bytes >> 20, "model loaded on the GPU");
+        let upload_f32 = |link: &mut Option<SealedLink>, data: &[f32]| -> Result<CudaSlice<f32>> {
+            match link {
+                None => stream
+                    .clone_htod(data)
+                    .map_err(|e| cuda_err("uploading the RoPE table", e)),
+                Some(l) => {
+                    let dst = stream
+                        .alloc_zeros::<f32>(data.len().max(1))
+                        .map_err(|e| cuda_err("uploading the RoPE table", e))?;
+                    l.upload(&kernels, &stream, bytemuck::cast_slice(data), ptr(&dst, &stream))?;
+                    Ok(dst)
+                }
+            }
+        };
+        let rope_cos = upload_f32(&mut link, table.cos())?;
+        let rope_sin = upload_f32(&mut link, table.sin())?;
+        if let Some(l) = &mut link {
+            // Every weight is in place and authenticated before the engine serves.
+            l.check(&kernels, &stream)?;
+        }
+        tracing::info!(
+            device = %info,
+            weight_mib = w.bytes >> 20,
+            cc = %cc,
+            seconds = upload_seconds,
+            gb_per_s = w.bytes as f64 / upload_seconds.max(1e-9) / 1e9,
+            "model loaded on the GPU"
+        );
         Ok(Self {
             cfg: cfg.clone(),
             info,
@@ -176,7 +218,15 @@ impl CudaBackend {
             bufs: None,
             graphs: HashMap::new(),
             plan: StepPlan::default(),
+            upload_seconds,
+            cc,
+            link,
         })
+    }
+
+    /// Seconds the weights took to reach the device (read, convert, transfer).
+    pub fn weight_upload_seconds(&self) -> f64 {
+        self.upload_seconds
     }
 
     /// The device.
@@ -251,7 +301,8 @@ impl CudaBackend {
             part_acc: s.alloc_zeros(parts * hd).map_err(alloc_err)?,
             part_ml: s.alloc_zeros(parts * 2).map_err(alloc_err)?,
             input: s.alloc_zeros(words_in).map_err(alloc_err)?,
-            output: s.alloc_zeros(rows * OUT_WORDS_PER_ROW).map_err(alloc_err)?,
+            // One word more: the sealed channel's failure word travels back with the output.
+            output: s.alloc_zeros(rows * OUT_WORDS_PER_ROW + 1).map_err(alloc_err)?,
             // SAFETY: both are written before being read: `host_in` by the step's plan, then
             // copied; `host_out` by the device-to-host copy, then read.
             host_in: unsafe { s.context().alloc_pinned::<i32>(words_in) }
@@ -260,7 +311,7 @@ impl CudaBackend {
             // SAFETY: as above.
             host_out: unsafe {
                 s.context()
-                    .alloc_pinned_with_flags::<i32>(rows * OUT_WORDS_PER_ROW, 0)
+                    .alloc_pinned_with_flags::<i32>(rows * OUT_WORDS_PER_ROW + 1, 0)
             }
             .map_err(|e| cuda_err("allocating pinned memory", e))?,
         };
@@ -280,6 +331,15 @@ impl CudaBackend {
         let host = host
             .get_mut(..n)
             .ok_or_else(|| cuda_err("pinned input", "too small"))?;
+        if let Some(link) = &mut self.link {
+            let dst = ptr(&b.input, &self.stream);
+            return link.upload(
+                &self.kernels,
+                &self.stream,
+                bytemuck::cast_slice(&plan.words),
+                dst,
+            );
+        }
         host.copy_from_slice(&plan.words);
         let mut dst = b.input.slice_mut(..n);
         self.stream
@@ -681,6 +741,16 @@ impl Backend for CudaBackend {
             return self.stream.synchronize().map_err(|e| cuda_err("forward", e));
         }
         let b = self.bufs.as_ref().ok_or_else(|| cuda_err("step", "no buffers"))?;
+        if let Some(link) = &mut self.link {
+            let src = ptr(&b.logits, &self.stream);
+            link.download(
+                &self.kernels,
+                &self.stream,
+                src,
+                bytemuck::cast_slice_mut(logits.as_mut_slice()),
+            )?;
+            return link.check(&self.kernels, &self.stream);
+        }
         self.stream
             .memcpy_dtoh(&b.logits.slice(..rows * v), logits.as_mut_slice())
             .map_err(|e| cuda_err("copying logits back", e))?;
@@ -710,7 +780,20 @@ impl Backend for CudaBackend {
         let r = self.plan.n_rows;
         let b = self.bufs.as_mut().ok_or_else(|| cuda_err("step", "no buffers"))?;
         let n = r * OUT_WORDS_PER_ROW;
-        {
+        if let Some(link) = &mut self.link {
+            // The output words and the failure word, in one sealed message.
+            link.append_status(&self.stream, &mut b.output, n)?;
+            let host = b
+                .host_out
+                .as_mut_slice()
+                .map_err(|e| cuda_err("pinned output", e))?;
+            let host = host
+                .get_mut(..n + 1)
+                .ok_or_else(|| cuda_err("pinned output", "too small"))?;
+            let src = ptr(&b.output, &self.stream);
+            link.download(&self.kernels, &self.stream, src, bytemuck::cast_slice_mut(host))?;
+            link::check_status(host[n])?;
+        } else {
             let host = b
                 .host_out
                 .as_mut_slice()
@@ -722,8 +805,8 @@ impl Backend for CudaBackend {
             self.stream
                 .memcpy_dtoh(&b.output.slice(..n), host)
                 .map_err(|e| cuda_err("copying picked tokens back", e))?;
+            self.stream.synchronize().map_err(|e| cuda_err("forward", e))?;
         }
-        self.stream.synchronize().map_err(|e| cuda_err("forward", e))?;
         let host = b.host_out.as_slice().map_err(|e| cuda_err("pinned output", e))?;
         let f = |w: i32| f32::from_bits(w as u32);
         out.clear();

@@ -12,12 +12,14 @@ use super::launch::{Arg, Kernels};
 use super::ptr;
 use crate::sampling::Rng;
 
-struct Gpu {
-    stream: Arc<CudaStream>,
-    k: Kernels,
+/// A usable GPU: one stream and our kernels (shared with the other kernel tests of the backend).
+pub(super) struct Gpu {
+    pub(super) stream: Arc<CudaStream>,
+    pub(super) k: Kernels,
 }
 
-fn gpu(test: &str) -> Option<Gpu> {
+/// The first GPU, or `None` after printing why the test `test` is skipped.
+pub(super) fn gpu(test: &str) -> Option<Gpu> {
     match super::probe::open(0) {
         Ok((ctx, info)) => {
             // SAFETY: one stream per test, used in order.
