@@ -4,6 +4,7 @@
 //! everything else in `veil-engine` and `veil-kernels`.
 
 mod cli;
+mod registry;
 mod server;
 
 use clap::Parser;

@@ -4,7 +4,8 @@
 //! - `sealed_calls`: ModelInfo and plaintext RPCs turned off; the strict policy refuses
 //!   simulated evidence; sealed `Generate` gives the reference greedy tokens with a receipt
 //!   over the attested model and bundle; sealed `GenerateBatch` equals solo calls; errors travel
-//!   sealed; concurrent sessions do not mix; every tampered request field, a wrong key id, a
+//!   sealed; concurrent sessions do not mix; every tampered request field, a wrong key id (with
+//!   the `veil-error: unknown-key-id` marker), a `veil-key-id` header naming another key, a
 //!   request sealed for the other RPC, a replay and stale timestamps are refused by the server;
 //!   tampered, reordered, dropped, duplicated, spliced, truncated and extended response streams
 //!   are refused by the client; `veil generate --server` and `veil chat --server` show what was
@@ -311,6 +312,22 @@ async fn check_request_attacks(server: &Server) {
     let s = refused(chunks(&mut client, SealedRpc::Generate, t).await);
     assert_eq!(s.code(), Code::FailedPrecondition, "{s:?}");
     assert!(s.message().contains("fresh attestation"), "{}", s.message());
+    // Marked as the one status that makes clients re-attest and re-seal.
+    assert!(veil_client::routing::is_unknown_key_id(&s), "{s:?}");
+
+    // The routing header must name the request's own key (send_sealed sets it right).
+    for (header, why) in [
+        ("0000000000000000", "names key 0000000000000000"),
+        ("xyz", "hex digits"),
+        ("00", "hex digits"),
+    ] {
+        let mut call = tonic::Request::new(good.clone());
+        call.metadata_mut().insert("veil-key-id", header.parse().unwrap());
+        let s = client.rpc().sealed_generate(call).await.unwrap_err();
+        assert_eq!(s.code(), Code::InvalidArgument, "{header}: {s:?}");
+        assert!(s.message().starts_with("veil-key-id: "), "{}", s.message());
+        assert!(s.message().contains(why), "{}", s.message());
+    }
     for field in ["encapsulated_key", "ciphertext", "bundle_digest"] {
         let mut t = good.clone();
         match field {
@@ -367,6 +384,7 @@ async fn check_request_attacks(server: &Server) {
     };
     let s = refused(chunks(&mut client, SealedRpc::Generate, wire).await);
     assert_eq!(s.code(), Code::FailedPrecondition);
+    assert!(veil_client::routing::is_unknown_key_id(&s), "{s:?}");
 
     // Stale and future timestamps (the server runs with --seal-window 30).
     for ts in [now() - 40, now() + 40] {

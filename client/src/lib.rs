@@ -14,10 +14,17 @@
 //! `docs/protocol.md`; the cryptography lives in `veil-seal`.
 //!
 //! A pin is used for the policy's `max_age_secs`, then the client attests again. A server that
-//! no longer holds the pinned key (restarted, another replica) answers FAILED_PRECONDITION; the
-//! client then attests again and re-seals once by itself.
+//! no longer holds the pinned key (restarted, another replica) answers FAILED_PRECONDITION
+//! marked `veil-error: unknown-key-id`; the client then attests again and re-seals once by
+//! itself (on that marker only, never on another FAILED_PRECONDITION).
+//!
+//! Behind a gateway in front of several replicas, [`Client::discover`] pins every replica that
+//! verifies and spreads sealed calls over them. Every sealed call carries the metadata
+//! `veil-key-id` (the hex key id it is sealed to), on which the gateway routes it to the replica
+//! that owns the key (docs/scale-out.md §2).
 
 mod attested;
+mod discover;
 mod error;
 mod receipt;
 mod stream;
@@ -26,7 +33,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use prost::Message;
 use rand_core::{OsRng, TryRngCore};
+use tonic::metadata::MetadataValue;
 use tonic::transport::{Channel, Endpoint};
+use veil_proto::routing::{KEY_ID_HEADER, REPLICA_HEADER, is_unknown_key_id};
 use veil_proto::v1::inference_client::InferenceClient;
 use veil_proto::v1::{
     GenerateBatchRequest, GenerateBatchResponse, GenerateRequest, GenerateResponse, GetAttestationRequest,
@@ -34,11 +43,15 @@ use veil_proto::v1::{
 };
 use zeroize::Zeroizing;
 
+use discover::Pool;
+
 pub use attested::Attested;
+pub use discover::{SkippedReplica, VerifiedReplica};
 pub use error::{ClientError, Result};
 pub use receipt::check_receipt;
 pub use stream::{OpenedChunk, ResponseOpener, SealedMessage, SealedStream};
 pub use veil_attest::policy::Policy;
+pub use veil_proto::routing;
 pub use veil_seal::{Receipt, ReceiptClaims, SealedRpc};
 
 /// Unix seconds now (0 if the clock is before 1970).
@@ -64,6 +77,8 @@ pub struct Client {
     policy: Policy,
     attested: Option<Attested>,
     timeout: Option<Duration>,
+    /// The replicas pinned by [`Client::discover`]; `None`: one pin (`attested`).
+    pool: Option<Pool>,
 }
 
 impl Client {
@@ -91,6 +106,7 @@ impl Client {
             policy,
             attested: None,
             timeout: None,
+            pool: None,
         }
     }
 
@@ -109,7 +125,8 @@ impl Client {
         &self.policy
     }
 
-    /// The current pin, if the client attested the server.
+    /// The current pin, if the client attested the server; after [`Client::discover`], the pin
+    /// of the replica the latest sealed call was sealed to.
     pub fn attested(&self) -> Option<&Attested> {
         self.attested.as_ref()
     }
@@ -127,15 +144,26 @@ impl Client {
     }
 
     /// Fetches a bundle for a fresh random nonce, verifies it against the policy and pins its
-    /// keys (replacing any earlier pin).
+    /// keys (replacing any earlier pin, and the replicas of [`Client::discover`]).
     pub async fn attest(&mut self) -> Result<&Attested> {
+        let attested = self.fetch_attested(None).await?;
+        self.pool = None;
+        Ok(self.attested.insert(attested))
+    }
+
+    /// Fetches a bundle for a fresh random nonce (from the replica named `replica`, through a
+    /// gateway that routes on `veil-replica`) and verifies it against the policy.
+    async fn fetch_attested(&mut self, replica: Option<&str>) -> Result<Attested> {
         let mut nonce = [0u8; 32];
         OsRng
             .try_fill_bytes(&mut nonce)
             .map_err(|e| ClientError::Protocol(format!("no randomness for the nonce: {e}")))?;
-        let req = self.request(GetAttestationRequest {
+        let mut req = self.request(GetAttestationRequest {
             nonce: nonce.to_vec(),
         });
+        if let Some(name) = replica {
+            req.metadata_mut().insert(REPLICA_HEADER, replica_value(name)?);
+        }
         let bundle = self
             .rpc
             .get_attestation(req)
@@ -144,8 +172,7 @@ impl Client {
             .into_inner()
             .bundle
             .ok_or_else(|| ClientError::Protocol("GetAttestation returned no bundle".into()))?;
-        let attested = Attested::verify(bundle, &nonce, &self.policy, unix_now())?;
-        Ok(self.attested.insert(attested))
+        Attested::verify(bundle, &nonce, &self.policy, unix_now())
     }
 
     /// The pin, attesting first when there is none or it is older than the policy allows.
@@ -181,15 +208,32 @@ impl Client {
     ) -> Result<SealedStream<T>> {
         let mut retried = false;
         loop {
-            let attested = self.ensure_attested().await?;
-            let (wire, opener) = attested.seal(rpc, bytes, i64::try_from(unix_now()).unwrap_or(i64::MAX))?;
-            match self.send_sealed(rpc, wire).await {
+            let timestamp = i64::try_from(unix_now()).unwrap_or(i64::MAX);
+            let (wire, opener, replica) = if self.pool.is_some() {
+                let (attested, name) = self.next_replica().await?;
+                let (wire, opener) = attested.seal(rpc, bytes, timestamp)?;
+                self.attested = Some(attested);
+                (wire, opener, Some(name))
+            } else {
+                let (wire, opener) = self.ensure_attested().await?.seal(rpc, bytes, timestamp)?;
+                (wire, opener, None)
+            };
+            let routed = replica.as_deref().filter(|n| !n.is_empty());
+            match self.send_sealed_to(rpc, wire, routed).await {
                 Ok(inner) => return Ok(SealedStream::new(inner, opener)),
-                // The server does not hold the pinned key (restarted or another replica):
-                // attest again and re-seal, once.
-                Err(s) if s.code() == tonic::Code::FailedPrecondition && !retried => {
+                // The server does not hold the key (it restarted, or the call reached another
+                // replica) or, behind a gateway, the replica is gone: attest again and re-seal,
+                // once.
+                Err(s) if !retried && is_unknown_key_id(&s) => {
                     retried = true;
                     self.attested = None;
+                    if self.pool.is_some() {
+                        self.discover().await?;
+                    }
+                }
+                Err(s) if !retried && self.pool.is_some() && s.code() == tonic::Code::Unavailable => {
+                    retried = true;
+                    self.discover().await?;
                 }
                 Err(s) => return Err(ClientError::Status(s)),
             }
@@ -197,13 +241,36 @@ impl Client {
     }
 
     /// Sends an already sealed request (made with [`Attested::seal`]) and returns the raw chunk
-    /// stream: for tools and tests that open chunks themselves with a [`ResponseOpener`].
+    /// stream: for tools and tests that open chunks themselves with a [`ResponseOpener`]. The
+    /// call carries `veil-key-id` (the hex of `wire.key_id`, when it is 8 bytes), on which a
+    /// gateway routes it.
     pub async fn send_sealed(
         &mut self,
         rpc: SealedRpc,
         wire: SealedRequest,
     ) -> std::result::Result<tonic::Streaming<veil_proto::v1::SealedResponse>, tonic::Status> {
-        let req = self.request(wire);
+        self.send_sealed_to(rpc, wire, None).await
+    }
+
+    /// As [`Client::send_sealed`], also naming the replica (`veil-replica`), which a gateway
+    /// whose key map is stale falls back on.
+    async fn send_sealed_to(
+        &mut self,
+        rpc: SealedRpc,
+        wire: SealedRequest,
+        replica: Option<&str>,
+    ) -> std::result::Result<tonic::Streaming<veil_proto::v1::SealedResponse>, tonic::Status> {
+        let key_id = (wire.key_id.len() == veil_seal::KEY_ID_LEN).then(|| hex::encode(&wire.key_id));
+        let mut req = self.request(wire);
+        if let Some(id) = key_id {
+            let value = MetadataValue::try_from(id)
+                .map_err(|_| tonic::Status::internal("a hex key id is not a metadata value"))?;
+            req.metadata_mut().insert(KEY_ID_HEADER, value);
+        }
+        if let Some(name) = replica {
+            let value = replica_value(name).map_err(|e| tonic::Status::invalid_argument(e.to_string()))?;
+            req.metadata_mut().insert(REPLICA_HEADER, value);
+        }
         let resp = match rpc {
             SealedRpc::Generate => self.rpc.sealed_generate(req).await?,
             SealedRpc::GenerateBatch => self.rpc.sealed_generate_batch(req).await?,
@@ -220,6 +287,14 @@ impl Client {
     }
 }
 
+/// The `veil-replica` metadata value for a replica name (validated: it came from the server).
+fn replica_value(name: &str) -> Result<MetadataValue<tonic::metadata::Ascii>> {
+    if !veil_proto::routing::valid_replica_name(name) {
+        return Err(ClientError::Protocol(format!("invalid replica name {name:?}")));
+    }
+    MetadataValue::try_from(name).map_err(|_| ClientError::Protocol(format!("invalid replica name {name:?}")))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -229,5 +304,16 @@ mod tests {
         assert_eq!(server_url("127.0.0.1:50051"), "http://127.0.0.1:50051");
         assert_eq!(server_url("http://h:1"), "http://h:1");
         assert_eq!(server_url("https://h:1"), "https://h:1");
+    }
+
+    #[test]
+    fn replica_header_values() {
+        assert_eq!(
+            replica_value("veil-0").expect("valid").to_str().ok(),
+            Some("veil-0")
+        );
+        for bad in ["", "a b", "a\r\nx-injected: 1", "é"] {
+            assert!(replica_value(bad).is_err(), "{bad:?}");
+        }
     }
 }

@@ -50,14 +50,16 @@ request!(
     v1::GenerateBatchRequest,
     v1::SealedRequest,
     v1::ModelInfoRequest,
-    v1::GetAttestationRequest
+    v1::GetAttestationRequest,
+    v1::ListReplicasRequest
 );
 response!(
     v1::GenerateResponse,
     v1::GenerateBatchResponse,
     v1::SealedResponse,
     v1::ModelInfoResponse,
-    v1::GetAttestationResponse
+    v1::GetAttestationResponse,
+    v1::ListReplicasResponse
 );
 
 /// The INVALID_ARGUMENT status of a request that does not decode: `PATH: WHAT (the request does

@@ -23,6 +23,7 @@ pub mod v1 {
 }
 
 pub mod codec;
+pub mod routing;
 
 /// The encoded `google.protobuf.FileDescriptorSet` of `veil/v1/inference.proto`, for reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("veil_descriptor");

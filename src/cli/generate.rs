@@ -87,6 +87,10 @@ pub(crate) struct GenerateArgs {
     /// With --server: send the request in plaintext (NOT confidential).
     #[arg(long, requires = "server", conflicts_with_all = ["policy", "receipt"])]
     plaintext: bool,
+    /// With --server: the server is a gateway in front of several replicas; list them, verify
+    /// each, and seal the request to one that verified.
+    #[arg(long, requires = "server", conflicts_with = "plaintext")]
+    discover: bool,
     /// With --server: save the verified receipt, with the attestation bundle, as JSON.
     #[arg(long, value_name = "FILE", requires = "server")]
     receipt: Option<PathBuf>,
@@ -100,6 +104,7 @@ pub(crate) fn run(a: GenerateArgs) -> anyhow::Result<()> {
             server: server.clone(),
             policy: a.policy.clone(),
             plaintext: a.plaintext,
+            discover: a.discover,
         };
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()

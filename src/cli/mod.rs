@@ -4,6 +4,7 @@ mod attest;
 mod bench;
 mod cc;
 mod chat;
+mod gateway;
 mod generate;
 mod model;
 mod remote;
@@ -40,6 +41,9 @@ enum Command {
     /// Attestation: inspect evidence, verify a bundle against a policy, fetch a server's.
     #[command(subcommand)]
     Attest(attest::AttestCommand),
+    /// Print (or write) an nginx or HAProxy configuration that routes each sealed call to the
+    /// replica holding its key, from the replicas' current key ids.
+    GatewayConfig(gateway::GatewayArgs),
 }
 
 impl Cli {
@@ -59,5 +63,6 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench(a) => bench::run(a),
         Command::Chat(a) => chat::run(a),
         Command::Attest(c) => attest::run(c),
+        Command::GatewayConfig(a) => gateway::run(a),
     }
 }

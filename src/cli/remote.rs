@@ -35,6 +35,10 @@ pub(crate) struct RemoteArgs {
     /// confidential, for development and benchmarks.
     #[arg(long, conflicts_with = "policy")]
     pub(super) plaintext: bool,
+    /// The server is a gateway in front of several replicas: list them (ListReplicas), verify
+    /// each one's attestation, and spread the sealed requests over those that verify.
+    #[arg(long, conflicts_with = "plaintext")]
+    pub(super) discover: bool,
 }
 
 /// `http://HOST:PORT` for a bare `HOST:PORT`; URLs are kept as they are.
@@ -129,11 +133,26 @@ impl Remote {
             None => Policy::default(),
         };
         let mut client = Client::connect(&a.server, policy).await.map_err(client_error)?;
-        let attested = client.attest().await.map_err(client_error)?;
-        for line in attested.describe() {
-            eprintln!("attested: {line}");
-        }
-        if !attested.confidential() {
+        let confidential = if a.discover {
+            let replicas = client.discover().await.map_err(client_error)?;
+            for r in replicas {
+                for line in r.attested().describe() {
+                    eprintln!("attested {}: {line}", r.name());
+                }
+            }
+            let all = replicas.iter().all(|r| r.attested().confidential());
+            for s in client.skipped_replicas() {
+                eprintln!("replica {} left out: {}", s.name, s.reason);
+            }
+            all
+        } else {
+            let attested = client.attest().await.map_err(client_error)?;
+            for line in attested.describe() {
+                eprintln!("attested: {line}");
+            }
+            attested.confidential()
+        };
+        if !confidential {
             eprintln!(
                 "NOT CONFIDENTIAL: the requests are sealed, but nothing proves the server runs in \
                  a TEE; its operator can read this session. Do not send anything private."

@@ -1,7 +1,7 @@
 //! `veil serve`: load a model, start the engine runtime and serve the gRPC API.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,6 +11,7 @@ use veil_engine::backend::DType;
 use veil_engine::runtime::{RuntimeConfig, RuntimeHandle};
 
 use super::model::{ModelArg, load_model};
+use crate::registry::Registry;
 use crate::server::{
     AttestationConfig, AttestationMode, Attestor, Collectors, Limits, SealedConfig, ServerConfig,
 };
@@ -97,6 +98,18 @@ pub(crate) struct ServeArgs {
     /// `veil model list` shows). The digest recorded at pull or import is always checked.
     #[arg(long, value_name = "HEX")]
     model_digest: Option<veil_engine::digest::ModelDigest>,
+    /// A replica of this deployment, for `ListReplicas` (repeatable; the operator's registry,
+    /// which clients do not trust: they verify each replica's attestation).
+    #[arg(long, value_name = "NAME=URL")]
+    replica: Vec<String>,
+    /// A TOML file of the deployment's replicas (`[[replica]]` tables with `name` and `url`),
+    /// listed before any --replica.
+    #[arg(long, value_name = "FILE")]
+    replicas: Option<PathBuf>,
+    /// This replica's name in the registry: its entry in `ListReplicas` carries its session key
+    /// id, and `ModelInfo.replica_name` reports it.
+    #[arg(long, value_name = "NAME")]
+    replica_name: Option<String>,
     #[command(flatten)]
     model: ModelArg,
 }
@@ -142,6 +155,9 @@ pub(crate) fn run(a: ServeArgs) -> anyhow::Result<()> {
     anyhow::ensure!(attestation.burst >= 1, "--attestation-burst must be at least 1");
     anyhow::ensure!(a.seal_window >= 1, "--seal-window must be at least 1 second");
     anyhow::ensure!(a.replay_cache >= 1, "--replay-cache must be at least 1");
+    let registry = Registry::load(&a.replica, a.replicas.as_deref())?;
+    // Checked before the model loads (the key id is filled in once the key exists).
+    registry.listing(a.replica_name.as_deref(), "")?;
     // Before loading the model: a machine that cannot attest as asked fails fast.
     let collectors = Collectors::detect(&attestation).context("attestation")?;
     // Before any plaintext, key or weight is in memory.
@@ -206,8 +222,12 @@ pub(crate) fn run(a: ServeArgs) -> anyhow::Result<()> {
             return Err(e.context("attestation"));
         }
     };
+    let own_key_id = hex::encode(attestor.session_key().key_id());
+    let replicas = registry.listing(a.replica_name.as_deref(), &own_key_id)?;
     let server_cfg = ServerConfig {
         listen: a.listen,
+        replicas,
+        replica_name: a.replica_name.unwrap_or_default(),
         metrics_listen: a.metrics_listen,
         limits: Limits {
             max_request_bytes: a.max_request_bytes,

@@ -74,6 +74,10 @@ pub(crate) struct ServerConfig {
     pub(crate) sealed: SealedConfig,
     /// Whether the plaintext `Generate` and `GenerateBatch` are on.
     pub(crate) plaintext: bool,
+    /// The `ListReplicas` answer (the operator's registry, with this replica's key id).
+    pub(crate) replicas: Vec<veil_proto::v1::Replica>,
+    /// This replica's name in the registry (empty when not set).
+    pub(crate) replica_name: String,
 }
 
 /// Serves `handle` until SIGINT or SIGTERM, then shuts down gracefully (see the module docs).
@@ -132,6 +136,10 @@ pub(crate) async fn serve(handle: RuntimeHandle, cfg: ServerConfig) -> anyhow::R
         cfg.attestor.clone(),
         cfg.sealed,
         cfg.plaintext,
+        service::Replicas {
+            listing: cfg.replicas.clone(),
+            own_name: cfg.replica_name.clone(),
+        },
     ))
     .max_decoding_message_size(cfg.limits.max_request_bytes);
 
@@ -159,6 +167,8 @@ pub(crate) async fn serve(handle: RuntimeHandle, cfg: ServerConfig) -> anyhow::R
         attestation = cfg.attestor.mode(),
         confidential = cfg.attestor.confidential(),
         plaintext_rpcs = cfg.plaintext,
+        replica = %cfg.replica_name,
+        registry_replicas = cfg.replicas.len(),
         "serving veil.v1.Inference"
     );
     eprintln!("listening on {addr}");

@@ -3,9 +3,12 @@
 //!
 //! A sealed call runs exactly like its plaintext twin: the opened request goes through the same
 //! conversion, validation and engine submission, and produces the same stream of messages. This
-//! module sits at both ends of that pipeline. [`SealedCalls::open`] checks the key id, decrypts,
-//! checks the timestamp window and the replay cache; its failures are the only plain gRPC
-//! statuses of a sealed call, and none of them depends on the request's content.
+//! module sits at both ends of that pipeline. [`SealedCalls::open`] checks the key id (and that
+//! the routing header `veil-key-id`, when present, names the same key), decrypts, checks the
+//! timestamp window and the replay cache; its failures are the only plain gRPC statuses of a
+//! sealed call, and none of them depends on the request's content. A key id this server does
+//! not hold gets FAILED_PRECONDITION marked `veil-error: unknown-key-id`, the signal for the
+//! client to fetch attestation again and re-seal.
 //! [`seal_stream`] then turns every message of the plaintext pipeline, and any error status
 //! (whose message may quote the request), into sealed chunks, and ends with the receipt.
 
@@ -14,6 +17,8 @@ use std::sync::Mutex;
 use prost::Message;
 use tokio::sync::mpsc;
 use tonic::Status;
+use tonic::metadata::MetadataMap;
+use veil_proto::routing::{KEY_ID_HEADER, unknown_key_id_status};
 use veil_proto::v1::{self, sealed_payload::Body};
 use veil_seal::{
     KEY_ID_LEN, ReplayCache, SealError, SealedRequestParts, SealedRpc, ServerSession, open_request_shared,
@@ -68,11 +73,13 @@ impl SealedCalls {
         }
     }
 
-    /// Opens `req` for `rpc` with the attested session key. Errors are the call's status:
-    /// none of them depends on the request's content.
+    /// Opens `req` for `rpc` with the attested session key; `metadata` is the call's (for the
+    /// `veil-key-id` routing header). Errors are the call's status: none of them depends on the
+    /// request's content.
     pub(crate) fn open(
         &self,
         attestor: &Attestor,
+        metadata: &MetadataMap,
         req: &v1::SealedRequest,
         rpc: SealedRpc,
     ) -> Result<OpenedRequest, Status> {
@@ -82,6 +89,7 @@ impl SealedCalls {
                 format!("must be {KEY_ID_LEN} bytes, got {}", req.key_id.len()),
             )
         })?;
+        check_key_id_header(metadata, &key_id)?;
         let bundle_digest: [u8; 32] = req.bundle_digest.as_slice().try_into().map_err(|_| {
             invalid(
                 "bundle_digest",
@@ -115,7 +123,7 @@ impl SealedCalls {
     /// The status of a request that did not open.
     fn open_error(&self, e: &SealError, ours: [u8; KEY_ID_LEN], now: i64) -> Status {
         match e {
-            SealError::WrongKey => Status::failed_precondition(format!(
+            SealError::WrongKey => unknown_key_id_status(format!(
                 "key_id: not this server's session key (it holds {}); fetch a fresh attestation \
                  bundle and seal the request again",
                 hex::encode(ours)
@@ -143,6 +151,36 @@ impl SealedCalls {
             }
         }
     }
+}
+
+/// Checks that every `veil-key-id` header (the gateway routes on it) is the hex of the request's
+/// `key_id`: a header naming another key would let a call be routed by one key and opened by
+/// another. No header is fine (a direct connection needs none).
+fn check_key_id_header(metadata: &MetadataMap, key_id: &[u8; KEY_ID_LEN]) -> Result<(), Status> {
+    for value in metadata.get_all(KEY_ID_HEADER) {
+        let named = value
+            .to_str()
+            .ok()
+            .and_then(|text| hex::decode(text).ok())
+            .filter(|bytes| bytes.len() == KEY_ID_LEN)
+            .ok_or_else(|| {
+                invalid(
+                    KEY_ID_HEADER,
+                    format!("must be {} hex digits (the request's key_id)", 2 * KEY_ID_LEN),
+                )
+            })?;
+        if named != key_id {
+            return Err(invalid(
+                KEY_ID_HEADER,
+                format!(
+                    "names key {} but the request's key_id is {}",
+                    hex::encode(named),
+                    hex::encode(key_id)
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Seals one payload into a chunk; the payload's content is wiped afterwards.

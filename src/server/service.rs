@@ -53,6 +53,15 @@ pub(crate) struct Limits {
     pub(crate) max_batch_items: usize,
 }
 
+/// What `ListReplicas` and `ModelInfo` say about the deployment.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Replicas {
+    /// The `ListReplicas` answer.
+    pub(crate) listing: Vec<v1::Replica>,
+    /// This replica's name (empty when not set).
+    pub(crate) own_name: String,
+}
+
 /// The gRPC service.
 #[derive(Debug)]
 pub(crate) struct InferenceService {
@@ -63,6 +72,7 @@ pub(crate) struct InferenceService {
     sealed: SealedCalls,
     /// Whether the plaintext `Generate` and `GenerateBatch` are on.
     plaintext: bool,
+    replicas: Replicas,
     next_id: AtomicU64,
 }
 
@@ -78,6 +88,7 @@ impl InferenceService {
         attestor: Arc<Attestor>,
         sealed: SealedConfig,
         plaintext: bool,
+        replicas: Replicas,
     ) -> Self {
         Self {
             handle,
@@ -86,6 +97,7 @@ impl InferenceService {
             attestor,
             sealed: SealedCalls::new(sealed),
             plaintext,
+            replicas,
             next_id: AtomicU64::new(1),
         }
     }
@@ -104,8 +116,16 @@ impl InferenceService {
     }
 
     /// Opens a sealed request, or fails the call with a status that reveals nothing of it.
-    fn open_sealed(&self, id: u64, req: &v1::SealedRequest, rpc: SealedRpc) -> Result<OpenedRequest, Status> {
-        self.sealed.open(&self.attestor, req, rpc).inspect_err(|s| {
+    fn open_sealed(
+        &self,
+        id: u64,
+        req: &Request<v1::SealedRequest>,
+        rpc: SealedRpc,
+    ) -> Result<OpenedRequest, Status> {
+        let opened = self
+            .sealed
+            .open(&self.attestor, req.metadata(), req.get_ref(), rpc);
+        opened.inspect_err(|s| {
             self.metrics.record_rejected("sealed_open");
             tracing::info!(id, rpc = rpc.name(), code = ?s.code(), "sealed request refused");
         })
@@ -327,7 +347,7 @@ impl v1::inference_server::Inference for InferenceService {
     ) -> Result<Response<Self::SealedGenerateStream>, Status> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let timeout = convert::grpc_timeout(request.metadata());
-        let opened = self.open_sealed(id, request.get_ref(), SealedRpc::Generate)?;
+        let opened = self.open_sealed(id, &request, SealedRpc::Generate)?;
         tracing::debug!(id, "sealed generate opened");
         // Decoding and submitting run before the stream starts, as for the plaintext call.
         let inner = match decode_opened(&opened, &self.metrics) {
@@ -343,7 +363,7 @@ impl v1::inference_server::Inference for InferenceService {
     ) -> Result<Response<Self::SealedGenerateBatchStream>, Status> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let timeout = convert::grpc_timeout(request.metadata());
-        let opened = self.open_sealed(id, request.get_ref(), SealedRpc::GenerateBatch)?;
+        let opened = self.open_sealed(id, &request, SealedRpc::GenerateBatch)?;
         tracing::debug!(id, "sealed generate_batch opened");
         let inner = decode_opened(&opened, &self.metrics).and_then(|req| self.start_batch(id, req, timeout));
         Ok(Response::new(self.sealed_stream(opened, inner, Body::BatchItem)))
@@ -382,6 +402,17 @@ impl v1::inference_server::Inference for InferenceService {
             cc_transfer: i.load.cc.as_str().to_owned(),
             model_load_seconds: i.load.seconds,
             weight_transfer_gbps: i.load.transfer_gb_per_s,
+            session_key_id: hex::encode(self.attestor.session_key().key_id()),
+            replica_name: self.replicas.own_name.clone(),
+        }))
+    }
+
+    async fn list_replicas(
+        &self,
+        _request: Request<v1::ListReplicasRequest>,
+    ) -> Result<Response<v1::ListReplicasResponse>, Status> {
+        Ok(Response::new(v1::ListReplicasResponse {
+            replicas: self.replicas.listing.clone(),
         }))
     }
 

@@ -74,8 +74,40 @@ impl Server {
         filter: &str,
         configure: impl FnOnce(&mut Command),
     ) -> Result<Server, String> {
+        Server::try_spawn_listening(model, "127.0.0.1:0", args, filter, configure)
+    }
+
+    /// As [`Server::start`], listening on `listen` (`HOST:PORT`).
+    pub fn start_at(listen: &str, extra: &[&str]) -> Server {
+        let mut args: Vec<String> = [
+            "--metrics-listen",
+            "127.0.0.1:0",
+            "--dtype",
+            "f32",
+            "--threads",
+            "2",
+            "--kv-cache-mb",
+            "512",
+        ]
+        .map(String::from)
+        .to_vec();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        match Server::try_spawn_listening(&super::model_dir(), listen, &args, "info", |_| {}) {
+            Ok(s) => s,
+            Err(log) => panic!("the server did not start:\n{log}"),
+        }
+    }
+
+    /// As [`Server::try_spawn_model`], listening on `listen` (`HOST:PORT`).
+    pub fn try_spawn_listening(
+        model: &std::path::Path,
+        listen: &str,
+        args: &[String],
+        filter: &str,
+        configure: impl FnOnce(&mut Command),
+    ) -> Result<Server, String> {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_veil"));
-        cmd.args(["serve", "--listen", "127.0.0.1:0", "--model"])
+        cmd.args(["serve", "--listen", listen, "--model"])
             .arg(model)
             .args(args)
             .env("VEIL_LOG", filter)
