@@ -3,8 +3,9 @@
 //! schemas with `kubernetes-validate`, and held to the deployment policy (runtime classes, GPU
 //! counts, image pinned by digest, nothing privileged, probes, limits, measured initdata, model
 //! digest check), plus `deploy/scripts/initdata.py check` (the initdata annotations encode
-//! their TOML). Skips, saying why, when Python lacks `kubernetes-validate` (`.ci/run` installs
-//! it: `python3 -m pip install kubernetes-validate==1.37.0`).
+//! their TOML) and `deploy/scripts/registry.py check` (every replica registry lists the
+//! StatefulSet's pods). Skips, saying why, when Python lacks `kubernetes-validate` (`.ci/run`
+//! installs it: `python3 -m pip install kubernetes-validate==1.37.0`).
 
 use std::process::Command;
 
@@ -28,6 +29,7 @@ fn deploy_manifests_validate_and_meet_the_policy() {
     }
     for args in [
         &["deploy/scripts/initdata.py", "check"][..],
+        &["deploy/scripts/registry.py", "check"],
         &["tests/deploy/test_manifests.py"],
     ] {
         let out = python(args);
