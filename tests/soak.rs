@@ -199,24 +199,34 @@ async fn plaintext_batch(rpc: &mut InferenceClient<Channel>, reqs: Vec<(Generate
     loop {
         match stream.message().await {
             Ok(Some(item)) => {
-                let i = item.index as usize;
-                if i >= seen.len() || seen[i] {
-                    return Outcome::Failed(format!("GenerateBatch: item {i} unexpected"));
+                if let Err(e) = batch_item(&item, &mut seen, &max, &mut tokens) {
+                    return Outcome::Failed(format!("GenerateBatch: {e}"));
                 }
-                seen[i] = true;
-                let Some(f) = &item.finished else {
-                    return Outcome::Failed("GenerateBatch: item without an end".into());
-                };
-                if let Err(e) = finished_ok(f, item.tokens.len(), max[i]) {
-                    return Outcome::Failed(format!("GenerateBatch item {i}: {e}"));
-                }
-                tokens += item.tokens.len() as u64;
             }
             Ok(None) if seen.iter().all(|&s| s) => return Outcome::Completed(seen.len() as u64, tokens),
             Ok(None) => return Outcome::Failed(format!("GenerateBatch: items missing: {seen:?}")),
             Err(s) => return Outcome::Failed(format!("GenerateBatch stream: {s:?}")),
         }
     }
+}
+
+/// Checks one batch item: its index is new and in range, it ended well within its budget;
+/// marks it seen and counts its tokens.
+fn batch_item(
+    item: &v1::GenerateBatchResponse,
+    seen: &mut [bool],
+    max: &[u32],
+    tokens: &mut u64,
+) -> Result<(), String> {
+    let i = item.index as usize;
+    if i >= seen.len() || seen[i] {
+        return Err(format!("item {i} unexpected"));
+    }
+    seen[i] = true;
+    let f = item.finished.as_ref().ok_or("item without an end")?;
+    finished_ok(f, item.tokens.len(), max[i]).map_err(|e| format!("item {i}: {e}"))?;
+    *tokens += item.tokens.len() as u64;
+    Ok(())
 }
 
 /// A sealed error or status that means "queue full, back off".
@@ -275,18 +285,9 @@ async fn sealed_batch(client: &mut Client, reqs: Vec<(GenerateRequest, u32)>) ->
     loop {
         match stream.message().await {
             Ok(Some(item)) => {
-                let i = item.index as usize;
-                if i >= seen.len() || seen[i] {
-                    return Outcome::Failed(format!("SealedGenerateBatch: item {i} unexpected"));
+                if let Err(e) = batch_item(&item, &mut seen, &max, &mut tokens) {
+                    return Outcome::Failed(format!("SealedGenerateBatch: {e}"));
                 }
-                seen[i] = true;
-                let Some(f) = &item.finished else {
-                    return Outcome::Failed("SealedGenerateBatch: item without an end".into());
-                };
-                if let Err(e) = finished_ok(f, item.tokens.len(), max[i]) {
-                    return Outcome::Failed(format!("SealedGenerateBatch item {i}: {e}"));
-                }
-                tokens += item.tokens.len() as u64;
             }
             Ok(None) => break,
             Err(e) => return Outcome::Failed(format!("SealedGenerateBatch stream: {e}")),

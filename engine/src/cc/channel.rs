@@ -47,6 +47,19 @@ pub(crate) struct DirectionState {
 }
 
 impl DirectionState {
+    /// A frame of `frame_len` bytes must be exactly the frame of a `len`-byte message.
+    fn check_frame(&self, frame_len_given: usize, len: usize) -> Result<(), ChannelError> {
+        let expected = frame_len(len, self.config.chunk_size);
+        if frame_len_given == expected {
+            Ok(())
+        } else {
+            Err(ChannelError::FrameLength {
+                expected,
+                actual: frame_len_given,
+            })
+        }
+    }
+
     fn new(
         secret: &ChannelSecret,
         channel_id: u32,
@@ -138,13 +151,7 @@ impl Sealer {
     /// their tags. Returns the message's parameters (for the device end's kernels). On a
     /// length error the state does not move.
     pub fn seal(&mut self, plaintext: &[u8], frame: &mut [u8]) -> Result<MessageParams, ChannelError> {
-        let expected = frame_len(plaintext.len(), self.state.config.chunk_size);
-        if frame.len() != expected {
-            return Err(ChannelError::FrameLength {
-                expected,
-                actual: frame.len(),
-            });
-        }
+        self.state.check_frame(frame.len(), plaintext.len())?;
         let params = self.state.advance(plaintext.len())?;
         let threads = self.state.threads_for(plaintext.len());
         seal_frame(&self.state.cipher, &params, plaintext, frame, threads)?;
@@ -209,13 +216,7 @@ impl Opener {
     }
 
     fn open_unpoisoned(&mut self, frame: &[u8], dst: &mut [u8]) -> Result<MessageParams, ChannelError> {
-        let expected = frame_len(dst.len(), self.state.config.chunk_size);
-        if frame.len() != expected {
-            return Err(ChannelError::FrameLength {
-                expected,
-                actual: frame.len(),
-            });
-        }
+        self.state.check_frame(frame.len(), dst.len())?;
         let params = self.state.advance(dst.len())?;
         let threads = self.state.threads_for(dst.len());
         open_frame(&self.state.cipher, &params, frame, dst, threads)?;
